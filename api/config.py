@@ -1,0 +1,137 @@
+"""Typed settings from the environment: the one place every variable the platform reads is defined.
+
+The API, the `fleet` CLI and the jobs all build their configuration here, once, with `Settings.from_env()`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A variable is set to something the platform cannot use."""
+
+
+@dataclass(frozen=True)
+class EnvVar(Generic[T]):
+    """One environment variable: its name, how to parse it, and its default when unset."""
+
+    name: str
+    parse: Callable[[str], T]
+    default: T | None
+
+    def read(self, environ: Mapping[str, str]) -> T | None:
+        raw = environ.get(self.name)
+        if raw is None or raw == "":
+            return self.default
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{self.name}={raw!r}: {exc}") from None
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 < value < 65536:
+        raise ValueError("must be a TCP port (1-65535)")
+    return value
+
+
+def _database_url(raw: str) -> str:
+    if not raw.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+        raise ValueError("must be a postgresql:// URL")
+    # One dialect everywhere: psycopg 3.
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg://" + raw[len(prefix) :]
+    return raw
+
+
+#: PostgreSQL/TimescaleDB URL. Unset: the embedded engine at FLEET_ENGINE_HOST:FLEET_ENGINE_PORT.
+#: TLS to the database is configured in the URL itself (e.g. ``?sslmode=verify-full&sslrootcert=...``).
+DATABASE_URL = EnvVar("DATABASE_URL", _database_url, None)
+#: Connections kept per process. 0 opens a connection per unit of work and closes it afterwards, which is
+#: what the embedded engine wants: it serves one connection at a time, and an idle pooled connection would
+#: lock every other client (CLI, migrations, analysts) out.
+FLEET_DB_POOL_SIZE = EnvVar("FLEET_DB_POOL_SIZE", _positive_int, 5)
+#: Seconds to wait for a pooled connection (and for the embedded engine's single connection slot).
+FLEET_DB_POOL_TIMEOUT = EnvVar("FLEET_DB_POOL_TIMEOUT", float, 30.0)
+#: Seconds to wait for the database to accept a connection. The embedded engine queues clients for up to 60 s.
+FLEET_DB_CONNECT_TIMEOUT = EnvVar("FLEET_DB_CONNECT_TIMEOUT", _positive_int, 60)
+#: Where the embedded engine keeps its data, log and state file.
+FLEET_ENGINE_DIR = EnvVar("FLEET_ENGINE_DIR", Path, Path("var/engine"))
+#: Loopback address the embedded engine listens on (it has no authentication: keep it on loopback).
+FLEET_ENGINE_HOST = EnvVar("FLEET_ENGINE_HOST", str, "127.0.0.1")
+#: PostgreSQL wire-protocol port of the embedded engine.
+FLEET_ENGINE_PORT = EnvVar("FLEET_ENGINE_PORT", _port, 5499)
+#: HTTP health port of the embedded engine; unset: FLEET_ENGINE_PORT + 1.
+FLEET_ENGINE_HEALTH_PORT = EnvVar("FLEET_ENGINE_HEALTH_PORT", _port, None)
+#: Python logging level name for the API, CLI and jobs.
+FLEET_LOG_LEVEL = EnvVar("FLEET_LOG_LEVEL", str.upper, "INFO")
+
+
+def embedded_database_url(host: str, port: int) -> str:
+    """The URL of the embedded engine (its user and database names are accepted and ignored)."""
+    return f"postgresql+psycopg://postgres:postgres@{host}:{port}/postgres?sslmode=disable"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the platform reads from its environment, parsed and checked."""
+
+    database_url: str
+    db_pool_size: int
+    db_pool_timeout: float
+    db_connect_timeout: int
+    engine_dir: Path
+    engine_host: str
+    engine_port: int
+    engine_health_port: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the settings; raises ConfigError naming the bad variable."""
+        env = os.environ if environ is None else environ
+        engine_host = FLEET_ENGINE_HOST.read(env)
+        engine_port = FLEET_ENGINE_PORT.read(env)
+        assert engine_host is not None and engine_port is not None
+        health_port = FLEET_ENGINE_HEALTH_PORT.read(env) or engine_port + 1
+        return cls(
+            database_url=DATABASE_URL.read(env) or embedded_database_url(engine_host, engine_port),
+            db_pool_size=_required(FLEET_DB_POOL_SIZE, env),
+            db_pool_timeout=_required(FLEET_DB_POOL_TIMEOUT, env),
+            db_connect_timeout=_required(FLEET_DB_CONNECT_TIMEOUT, env),
+            engine_dir=_required(FLEET_ENGINE_DIR, env),
+            engine_host=engine_host,
+            engine_port=engine_port,
+            engine_health_port=health_port,
+            log_level=_required(FLEET_LOG_LEVEL, env),
+        )
+
+    def override(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (tests, CLI flags)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigError(f"unknown settings: {sorted(unknown)}")
+        return replace(self, **changes)
+
+
+def _required(var: EnvVar[T], env: Mapping[str, str]) -> T:
+    value = var.read(env)
+    assert value is not None, f"{var.name} has no default"
+    return value

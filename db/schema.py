@@ -1,0 +1,116 @@
+"""Tables of the platform as SQLAlchemy Core metadata.
+
+The migrations in db/migrations create these (plus the TimescaleDB objects Core cannot describe: hypertables,
+continuous aggregates, policies); `fleet db check` / `alembic check` compares the two so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ExcludeConstraint
+
+#: Longest device id accepted (API validation uses the same bound).
+DEVICE_ID_MAX_LENGTH = 64
+
+metadata = sa.MetaData(
+    naming_convention={
+        "uq": "%(table_name)s_%(column_0_N_name)s_key",
+        "ck": "%(table_name)s_%(constraint_name)s_check",
+        "pk": "%(table_name)s_pkey",
+    }
+)
+
+
+def _device_id(name: str) -> sa.Column:
+    return sa.Column(name, sa.Text, nullable=False)
+
+
+def _device_id_check(name: str) -> sa.CheckConstraint:
+    return sa.CheckConstraint(
+        f"char_length({name}) BETWEEN 1 AND {DEVICE_ID_MAX_LENGTH}", name=f"{name}_length"
+    )
+
+
+# History: one row per (device, recorded_at). Hypertables partitioned by recorded_at in 1-day chunks; the
+# primary key makes a retried reading a no-op (INSERT ... ON CONFLICT DO NOTHING).
+meter_readings = sa.Table(
+    "meter_readings",
+    metadata,
+    _device_id("meter_id"),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    # Energy of the reporting interval (kWh in that minute), not a running counter.
+    sa.Column("kwh_consumed_ac", sa.Float(precision=53), nullable=False),
+    sa.Column("voltage", sa.Float(precision=53), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("meter_id", "recorded_at"),
+    sa.CheckConstraint("kwh_consumed_ac >= 0", name="kwh_consumed_ac_nonnegative"),
+    _device_id_check("meter_id"),
+    sa.Index("meter_readings_recorded_at_idx", sa.text("recorded_at DESC")),
+)
+
+vehicle_readings = sa.Table(
+    "vehicle_readings",
+    metadata,
+    _device_id("vehicle_id"),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("soc", sa.Float(precision=53), nullable=False),
+    sa.Column("kwh_delivered_dc", sa.Float(precision=53), nullable=False),
+    sa.Column("battery_temp", sa.Float(precision=53), nullable=False),
+    sa.Column("is_charging", sa.Boolean, nullable=True),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("vehicle_id", "recorded_at"),
+    sa.CheckConstraint("kwh_delivered_dc >= 0", name="kwh_delivered_dc_nonnegative"),
+    sa.CheckConstraint("soc BETWEEN 0 AND 100", name="soc_range"),
+    _device_id_check("vehicle_id"),
+    sa.Index("vehicle_readings_recorded_at_idx", sa.text("recorded_at DESC")),
+)
+
+# Current state: one row per device, upserted with the history insert. `recorded_at` is the reading's
+# time; an upsert only wins when it is newer, so a late reading never moves state backwards.
+meters_current = sa.Table(
+    "meters_current",
+    metadata,
+    _device_id("meter_id"),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("kwh_consumed_ac", sa.Float(precision=53), nullable=False),
+    sa.Column("voltage", sa.Float(precision=53), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("meter_id"),
+    sa.Index("meters_current_recorded_at_idx", "recorded_at"),
+)
+
+vehicles_current = sa.Table(
+    "vehicles_current",
+    metadata,
+    _device_id("vehicle_id"),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("soc", sa.Float(precision=53), nullable=False),
+    sa.Column("kwh_delivered_dc", sa.Float(precision=53), nullable=False),
+    sa.Column("battery_temp", sa.Float(precision=53), nullable=False),
+    sa.Column("is_charging", sa.Boolean, nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("vehicle_id"),
+    sa.Index("vehicles_current_recorded_at_idx", "recorded_at"),
+    sa.Index("vehicles_current_soc_idx", "soc"),
+)
+
+# Which meter feeds which vehicle's charger, and when. A re-map closes the open row (valid_to) and opens a
+# new one, so the past keeps its meter; the exclusion constraint makes overlapping validity impossible.
+vehicle_meter_mapping = sa.Table(
+    "vehicle_meter_mapping",
+    metadata,
+    _device_id("vehicle_id"),
+    _device_id("meter_id"),
+    sa.Column("valid_from", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("valid_to", sa.DateTime(timezone=True), nullable=True),  # NULL: still in effect
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("vehicle_id", "valid_from"),
+    sa.CheckConstraint("valid_to IS NULL OR valid_to > valid_from", name="validity_order"),
+    ExcludeConstraint(
+        ("vehicle_id", "="),
+        (sa.text("tstzrange(valid_from, valid_to)"), "&&"),
+        name="vehicle_meter_mapping_no_overlap",
+        using="gist",
+    ),
+    sa.Index("vehicle_meter_mapping_meter_id_idx", "meter_id", "valid_from"),
+)

@@ -1,0 +1,188 @@
+"""`fleet`: the operator CLI. Each area is a subcommand group; configuration is read once, lazily."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
+
+import db
+from api.config import ConfigError, Settings
+from db import edition
+from jobs import engine as embedded
+
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+
+
+class _Context:
+    """Settings parsed on first use, so `fleet --help` works with a broken environment."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = Settings.from_env()
+            except ConfigError as exc:
+                raise click.ClickException(f"configuration: {exc}") from None
+        return self._settings
+
+
+pass_ctx = click.make_pass_decorator(_Context, ensure=True)
+
+
+def _emit(as_json: bool, data: dict[str, Any], human: str) -> None:
+    click.echo(json.dumps(data, default=str, indent=2) if as_json else human)
+
+
+@click.group()
+@click.version_option(package_name="fleet-telemetry")
+def main() -> None:
+    """Operate the fleet telemetry platform."""
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+# --- embedded engine ---------------------------------------------------------------------------------------
+
+
+@main.group("engine")
+def engine_group() -> None:
+    """The embedded engine (PGlite + TimescaleDB Community) on loopback."""
+
+
+def _engine_config(settings: Settings) -> embedded.EngineConfig:
+    return embedded.EngineConfig(
+        directory=settings.engine_dir,
+        host=settings.engine_host,
+        port=settings.engine_port,
+        health_port=settings.engine_health_port,
+    )
+
+
+def _exports(url: str) -> str:
+    # The embedded engine serves one connection at a time: a pool of 0 lets the API, the CLI and analysts
+    # take turns instead of one idle pooled connection locking everyone else out.
+    return f"export DATABASE_URL='{url}'\nexport FLEET_DB_POOL_SIZE=0"
+
+
+@engine_group.command("start")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait until it answers SQL.")
+@pass_ctx
+def engine_start(ctx: _Context, as_json: bool, timeout: float) -> None:
+    """Start the supervised engine (no-op if running) and print its DATABASE_URL."""
+    cfg = _engine_config(ctx.settings)
+    try:
+        st = embedded.start(cfg, timeout=timeout)
+    except embedded.EngineError as exc:
+        raise click.ClickException(str(exc)) from None
+    _emit(as_json, st.as_dict(), _exports(cfg.database_url.replace("postgresql+psycopg", "postgresql")))
+
+
+@engine_group.command("stop")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def engine_stop(ctx: _Context, as_json: bool) -> None:
+    """Stop the engine and its supervisor (data stays in FLEET_ENGINE_DIR)."""
+    try:
+        stopped = embedded.stop(_engine_config(ctx.settings))
+    except embedded.EngineError as exc:
+        raise click.ClickException(str(exc)) from None
+    _emit(as_json, {"stopped": stopped}, "stopped" if stopped else "not running")
+
+
+@engine_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def engine_status(ctx: _Context, as_json: bool) -> None:
+    """Show whether the engine runs, its pids, restarts and health. Exit code 3 when it is not running."""
+    st = embedded.status(_engine_config(ctx.settings))
+    if st.running:
+        h = st.health or {}
+        human = (
+            f"running: supervisor {st.supervisor_pid}, node {st.node_pid}, restarts {st.restarts}\n"
+            f"health: {'ok' if st.health else 'not answering'}; clients served {h.get('served', '?')},"
+            f" queued {h.get('queued', '?')}\n{_exports(str(st.database_url).replace('+psycopg', ''))}"
+        )
+    else:
+        human = "not running"
+    _emit(as_json, st.as_dict(), human)
+    if not st.running:
+        sys.exit(3)
+
+
+# --- schema ------------------------------------------------------------------------------------------------
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    """Alembic configuration for this project's migrations against `url`."""
+    cfg = AlembicConfig(str(ALEMBIC_INI))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+@main.group("db")
+def db_group() -> None:
+    """Schema migrations (Alembic) and the database's edition."""
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="head")
+@pass_ctx
+def db_upgrade(ctx: _Context, revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    command.upgrade(alembic_config(ctx.settings.database_url), revision)
+
+
+@db_group.command("downgrade")
+@click.argument("revision")
+@pass_ctx
+def db_downgrade(ctx: _Context, revision: str) -> None:
+    """Revert migrations down to REVISION ('base' removes the whole schema and its data)."""
+    command.downgrade(alembic_config(ctx.settings.database_url), revision)
+
+
+@db_group.command("current")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def db_current(ctx: _Context, as_json: bool) -> None:
+    """Show the schema revision, the head, and the TimescaleDB edition with its Community objects."""
+    settings = ctx.settings
+    head = ScriptDirectory.from_config(alembic_config(settings.database_url)).get_current_head()
+    engine = db.make_engine(settings.database_url, pool_size=0, connect_timeout=settings.db_connect_timeout)
+    try:
+        with engine.connect() as conn:
+            from alembic.runtime.migration import MigrationContext
+
+            current = MigrationContext.configure(conn).get_current_revision()
+            info = edition.describe(conn)
+    except Exception as exc:  # connection refused, auth, missing extension: say so plainly
+        raise click.ClickException(f"cannot read the database: {exc}") from None
+    finally:
+        engine.dispose()
+    data = {"current": current, "head": head, "at_head": current == head, "edition": info.__dict__}
+    human = (
+        f"revision {current or '(none)'} (head {head}){'' if current == head else '  <- not at head'}\n"
+        f"TimescaleDB {info.timescaledb_version} {info.license} edition"
+        f"{' (embedded engine)' if info.embedded else ''} on PostgreSQL {info.server_version}\n"
+        f"continuous aggregates: {', '.join(info.continuous_aggregates) or 'none (Apache: views over raw)'}"
+    )
+    _emit(as_json, data, human)
+
+
+@db_group.command("check")
+@pass_ctx
+def db_check(ctx: _Context) -> None:
+    """Fail if the live schema differs from db/schema.py (drift check)."""
+    command.check(alembic_config(ctx.settings.database_url))

@@ -1,0 +1,161 @@
+"""Test databases: both real TimescaleDB engines, started by the tests themselves.
+
+- native: the machine's PostgreSQL 15 with TimescaleDB (Apache edition) built by scripts/provision-native.sh,
+  a throw-away cluster started by pytest-postgresql with `shared_preload_libraries=timescaledb`;
+- embedded: PGlite + TimescaleDB Community served by db/embedded/server.mjs under our supervisor.
+
+Every test that (indirectly) uses `engine_kind` runs once per engine. Marker `community` keeps a test on the
+embedded engine (Community features), marker `apache` on the native one. FLEET_TEST_ENGINES narrows the
+run (e.g. `FLEET_TEST_ENGINES=native`).
+
+Isolation: the embedded engine has one connection and one database, so both engines use the same scheme: one
+migrated database per session, and the `clean_db` fixture truncates the platform's tables after a test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import port_for
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from pytest_postgresql.executors import PostgreSQLExecutor
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy.engine import Engine
+
+import db
+from jobs import engine as embedded
+from jobs.cli import alembic_config
+
+ALL_ENGINES = ("native", "embedded")
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_LIB = Path("/usr/lib/postgresql/15/lib")
+NATIVE_DBNAME = "fleet_test"
+
+#: Tables a test may write to; `clean_db` empties them afterwards.
+PLATFORM_TABLES = (
+    "meter_readings",
+    "vehicle_readings",
+    "meters_current",
+    "vehicles_current",
+    "vehicle_meter_mapping",
+)
+
+
+def selected_engines() -> tuple[str, ...]:
+    raw = os.environ.get("FLEET_TEST_ENGINES", ",".join(ALL_ENGINES))
+    chosen = tuple(e.strip() for e in raw.split(",") if e.strip())
+    unknown = set(chosen) - set(ALL_ENGINES)
+    if unknown:
+        raise pytest.UsageError(f"FLEET_TEST_ENGINES: unknown engines {sorted(unknown)}")
+    return chosen
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine_kind" not in metafunc.fixturenames:
+        return
+    kinds = list(selected_engines())
+    if metafunc.definition.get_closest_marker("community"):
+        kinds = [k for k in kinds if k == "embedded"]
+    if metafunc.definition.get_closest_marker("apache"):
+        kinds = [k for k in kinds if k == "native"]
+    metafunc.parametrize("engine_kind", kinds, scope="session")
+
+
+@pytest.fixture(scope="session")
+def native_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgreSQLExecutor]:
+    """A throw-away PostgreSQL 15 cluster with TimescaleDB preloaded, on a free loopback port."""
+    if not (PG_BIN / "pg_ctl").exists() or not list(PG_LIB.glob("timescaledb-*.so")):
+        pytest.fail("PostgreSQL 15 with TimescaleDB is required: run scripts/provision-native.sh")
+    if os.geteuid() == 0:
+        # PostgreSQL refuses to run as root, and pytest's temp dirs are root-only: give the cluster a
+        # directory owned by the postgres system user and drive it through a runuser wrapper.
+        base = Path(tempfile.mkdtemp(prefix="fleet-native-"))
+        shutil.chown(base, "postgres", "postgres")
+        pg_ctl = str(Path(__file__).parent / "pg_ctl_as_postgres")
+    else:
+        base = tmp_path_factory.mktemp("native")
+        pg_ctl = str(PG_BIN / "pg_ctl")
+    proc = PostgreSQLExecutor(
+        executable=pg_ctl,
+        host="127.0.0.1",
+        port=port_for.select_random(),
+        datadir=str(base / "data"),
+        unixsocketdir=str(base),
+        logfile=str(base / "postgresql.log"),
+        startparams="-w",
+        dbname=NATIVE_DBNAME,
+        postgres_options="-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off",
+    )
+    with proc:
+        yield proc
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def embedded_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.EngineConfig]:
+    """A supervised embedded engine on free loopback ports, with its own data directory."""
+    if shutil.which("node") is None:
+        pytest.fail("Node.js is required for the embedded engine (the README's test command installs it)")
+    port, health_port = port_for.select_random(), port_for.select_random()
+    cfg = embedded.EngineConfig(tmp_path_factory.mktemp("embedded"), port=port, health_port=health_port)
+    embedded.start(cfg, timeout=180)
+    yield cfg
+    embedded.stop(cfg)
+
+
+def native_url(proc: PostgreSQLExecutor, dbname: str) -> str:
+    return f"postgresql+psycopg://{proc.user}@{proc.host}:{proc.port}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def database_url(engine_kind: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """An empty database on the engine under test, with the timescaledb extension available."""
+    if engine_kind == "embedded":
+        cfg: embedded.EngineConfig = request.getfixturevalue("embedded_engine")
+        yield cfg.database_url
+        return
+    proc: PostgreSQLExecutor = request.getfixturevalue("native_proc")
+    with DatabaseJanitor(user=proc.user, host=proc.host, port=proc.port, dbname=NATIVE_DBNAME):
+        yield native_url(proc, NATIVE_DBNAME)
+
+
+def make_test_engine(engine_kind: str, url: str) -> Engine:
+    # Embedded: no pooled idle connection, or every other client (alembic, subprocesses) would be locked out.
+    return db.make_engine(url, pool_size=0 if engine_kind == "embedded" else 5, connect_timeout=60)
+
+
+@pytest.fixture(scope="session")
+def engine(engine_kind: str, database_url: str) -> Iterator[Engine]:
+    """An Engine on a database migrated to head."""
+    eng = make_test_engine(engine_kind, database_url)
+    upgrade(eng, "head")
+    yield eng
+    eng.dispose()
+
+
+def upgrade(eng: Engine, revision: str) -> None:
+    with eng.connect() as conn:
+        cfg = alembic_config(eng.url.render_as_string(hide_password=False))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def downgrade(eng: Engine, revision: str) -> None:
+    with eng.connect() as conn:
+        cfg = alembic_config(eng.url.render_as_string(hide_password=False))
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+@pytest.fixture
+def clean_db(engine: Engine) -> Iterator[Engine]:
+    """The migrated engine; the platform's tables are emptied after the test (rollups follow on refresh)."""
+    yield engine
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {', '.join(PLATFORM_TABLES)}"))
