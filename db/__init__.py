@@ -10,9 +10,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 
-def make_engine(
-    url: str, *, pool_size: int = 5, pool_timeout: float = 30.0, connect_timeout: int = 60
-) -> Engine:
+def make_engine(url: str, *, pool_size: int = 5, pool_timeout: float = 30.0, connect_timeout: int = 60) -> Engine:
     """An Engine for `url`; pool_size 0 connects per unit of work (what the one-slot embedded engine needs)."""
     connect_args = {"connect_timeout": connect_timeout, "application_name": "fleet"}
     if pool_size == 0:

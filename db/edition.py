@@ -26,8 +26,7 @@ _CONTINUOUS_AGGREGATES = sa.text(
     "SELECT view_name FROM timescaledb_information.continuous_aggregates ORDER BY view_name"
 )
 _COMPRESSED_HYPERTABLES = sa.text(
-    "SELECT hypertable_name FROM timescaledb_information.hypertables WHERE compression_enabled"
-    " ORDER BY hypertable_name"
+    "SELECT hypertable_name FROM timescaledb_information.hypertables WHERE compression_enabled ORDER BY hypertable_name"
 )
 _POLICY_JOBS = sa.text(
     "SELECT proc_name, hypertable_name FROM timescaledb_information.jobs"

@@ -26,9 +26,7 @@ def _device_id(name: str) -> sa.Column:
 
 
 def _device_id_check(name: str) -> sa.CheckConstraint:
-    return sa.CheckConstraint(
-        f"char_length({name}) BETWEEN 1 AND {DEVICE_ID_MAX_LENGTH}", name=f"{name}_length"
-    )
+    return sa.CheckConstraint(f"char_length({name}) BETWEEN 1 AND {DEVICE_ID_MAX_LENGTH}", name=f"{name}_length")
 
 
 # History: one row per (device, recorded_at). Hypertables partitioned by recorded_at in 1-day chunks; the

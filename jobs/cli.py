@@ -48,9 +48,7 @@ def _emit(as_json: bool, data: dict[str, Any], human: str) -> None:
 @click.version_option(package_name="fleet-telemetry")
 def main() -> None:
     """Operate the fleet telemetry platform."""
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
 
 # --- embedded engine ---------------------------------------------------------------------------------------

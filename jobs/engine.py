@@ -154,9 +154,7 @@ def wait_until_ready(cfg: EngineConfig, timeout: float = 120.0) -> None:
             except psycopg.Error as exc:
                 last_error = exc
         time.sleep(0.25)
-    raise EngineError(
-        f"embedded engine not ready after {timeout:.0f}s (last error: {last_error}); see {cfg.log_path}"
-    )
+    raise EngineError(f"embedded engine not ready after {timeout:.0f}s (last error: {last_error}); see {cfg.log_path}")
 
 
 def start(cfg: EngineConfig, timeout: float = 120.0) -> EngineStatus:
@@ -250,9 +248,7 @@ class _Supervisor:
                 now = time.monotonic()
                 self.recent_starts = [t for t in self.recent_starts if now - t < RESTART_WINDOW_S]
                 if len(self.recent_starts) >= MAX_RESTARTS:
-                    logger.error(
-                        "engine crashed %d times in %.0fs; giving up", MAX_RESTARTS, RESTART_WINDOW_S
-                    )
+                    logger.error("engine crashed %d times in %.0fs; giving up", MAX_RESTARTS, RESTART_WINDOW_S)
                     return 1
                 self.recent_starts.append(now)
                 self._spawn()

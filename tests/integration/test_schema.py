@@ -42,10 +42,7 @@ def test_schema_unique_keys(engine, table, key):
 
 
 def _insert_meter(conn, meter_id, recorded_at, kwh, *, idempotent):
-    sql = (
-        "INSERT INTO meter_readings (meter_id, recorded_at, kwh_consumed_ac, voltage)"
-        " VALUES (:m, :t, :k, 230)"
-    )
+    sql = "INSERT INTO meter_readings (meter_id, recorded_at, kwh_consumed_ac, voltage) VALUES (:m, :t, :k, 230)"
     if idempotent:
         sql += " ON CONFLICT (meter_id, recorded_at) DO NOTHING"
     return conn.execute(sa.text(sql), {"m": meter_id, "t": recorded_at, "k": kwh}).rowcount
@@ -58,9 +55,7 @@ def test_schema_same_device_and_time_twice_keeps_one_row(clean_db):
         # Same instant written in another time zone is the same reading.
         third = _insert_meter(conn, "m-dup", T0.astimezone(tz=None).replace(), 0.7, idempotent=True)
     with clean_db.connect() as conn:
-        rows = conn.execute(
-            sa.text("SELECT kwh_consumed_ac FROM meter_readings WHERE meter_id = 'm-dup'")
-        ).all()
+        rows = conn.execute(sa.text("SELECT kwh_consumed_ac FROM meter_readings WHERE meter_id = 'm-dup'")).all()
     assert (first, second, third) == (1, 0, 0)
     assert [r.kwh_consumed_ac for r in rows] == [0.5]
 

@@ -9,10 +9,7 @@ from api.config import ConfigError, Settings
 
 def test_settings_defaults_point_at_the_embedded_engine():
     settings = Settings.from_env({})
-    assert (
-        settings.database_url
-        == "postgresql+psycopg://postgres:postgres@127.0.0.1:5499/postgres?sslmode=disable"
-    )
+    assert settings.database_url == "postgresql+psycopg://postgres:postgres@127.0.0.1:5499/postgres?sslmode=disable"
     assert settings.engine_port == 5499
     assert settings.engine_health_port == 5500
     assert settings.engine_dir == Path("var/engine")

@@ -66,9 +66,7 @@ def upgrade() -> None:
         sa.Column("voltage", sa.Float(precision=53), nullable=False),
         _created_now("received_at"),
         sa.PrimaryKeyConstraint("meter_id", "recorded_at", name="meter_readings_pkey"),
-        sa.CheckConstraint(
-            "kwh_consumed_ac >= 0", name=op.f("meter_readings_kwh_consumed_ac_nonnegative_check")
-        ),
+        sa.CheckConstraint("kwh_consumed_ac >= 0", name=op.f("meter_readings_kwh_consumed_ac_nonnegative_check")),
         _device_id_check("meter_readings", "meter_id"),
     )
     op.create_index("meter_readings_recorded_at_idx", "meter_readings", [sa.text("recorded_at DESC")])
@@ -84,9 +82,7 @@ def upgrade() -> None:
         sa.Column("is_charging", sa.Boolean, nullable=True),
         _created_now("received_at"),
         sa.PrimaryKeyConstraint("vehicle_id", "recorded_at", name="vehicle_readings_pkey"),
-        sa.CheckConstraint(
-            "kwh_delivered_dc >= 0", name=op.f("vehicle_readings_kwh_delivered_dc_nonnegative_check")
-        ),
+        sa.CheckConstraint("kwh_delivered_dc >= 0", name=op.f("vehicle_readings_kwh_delivered_dc_nonnegative_check")),
         sa.CheckConstraint("soc BETWEEN 0 AND 100", name=op.f("vehicle_readings_soc_range_check")),
         _device_id_check("vehicle_readings", "vehicle_id"),
     )
