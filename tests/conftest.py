@@ -155,7 +155,16 @@ def downgrade(eng: Engine, revision: str) -> None:
 
 @pytest.fixture
 def clean_db(engine: Engine) -> Iterator[Engine]:
-    """The migrated engine; the platform's tables are emptied after the test (rollups follow on refresh)."""
+    """The migrated engine; the platform's tables and materialised rollups are emptied after the test."""
     yield engine
-    with engine.begin() as conn:
+    truncate_all(engine)
+
+
+def truncate_all(eng: Engine) -> None:
+    """Empty the platform's tables, and the continuous aggregates' materialised rows where they exist
+    (TRUNCATE of a hypertable does not reach its aggregates)."""
+    with eng.begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {', '.join(PLATFORM_TABLES)}"))
+        caggs = conn.execute(sa.text("SELECT view_name FROM timescaledb_information.continuous_aggregates")).scalars()
+        for cagg in caggs.all():
+            conn.execute(sa.text(f"TRUNCATE {cagg}"))
