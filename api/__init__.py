@@ -1,0 +1,34 @@
+"""The HTTP API: `create_app()` builds the Flask application (served by gunicorn, see docker/gunicorn.conf.py)."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_smorest import Api
+from sqlalchemy.engine import Engine
+
+import db
+from api import ops
+from api.config import Settings
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
+    """Application factory; tests pass their own settings and engine."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config.from_mapping(
+        API_TITLE="Fleet telemetry",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+    )
+    app.extensions["fleet.settings"] = settings
+    app.extensions["fleet.db"] = engine or db.make_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout,
+        connect_timeout=settings.db_connect_timeout,
+    )
+    api = Api(app)
+    api.register_blueprint(ops.blp)
+    return app

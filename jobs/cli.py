@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.script import ScriptDirectory
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 import db
 from api.config import ConfigError, Settings
-from db import edition
+from db import edition, migrate
 from jobs import engine as embedded
-
-ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
 
 class _Context:
@@ -120,14 +119,27 @@ def engine_status(ctx: _Context, as_json: bool) -> None:
         sys.exit(3)
 
 
+# --- API ---------------------------------------------------------------------------------------------------
+
+GUNICORN_CONF = Path(__file__).resolve().parent.parent / "docker" / "gunicorn.conf.py"
+
+
+@main.command("serve")
+@click.option("--bind", default=None, help="host:port (default FLEET_BIND or 127.0.0.1:8000).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="gunicorn worker processes.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per worker.")
+@pass_ctx
+def serve(ctx: _Context, bind: str | None, workers: int | None, threads: int | None) -> None:
+    """Serve the API with gunicorn (configuration in docker/gunicorn.conf.py)."""
+    ctx.settings  # noqa: B018 - fail here, with the variable's name, rather than in every worker
+    args = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF)]
+    for flag, value in (("--bind", bind), ("--workers", workers), ("--threads", threads)):
+        if value is not None:
+            args += [flag, str(value)]
+    os.execv(sys.executable, [*args, "api:create_app()"])
+
+
 # --- schema ------------------------------------------------------------------------------------------------
-
-
-def alembic_config(url: str) -> AlembicConfig:
-    """Alembic configuration for this project's migrations against `url`."""
-    cfg = AlembicConfig(str(ALEMBIC_INI))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return cfg
 
 
 @main.group("db")
@@ -135,12 +147,16 @@ def db_group() -> None:
     """Schema migrations (Alembic) and the database's edition."""
 
 
+def _schema_engine(settings: Settings) -> Engine:
+    return db.make_engine(settings.database_url, pool_size=0, connect_timeout=settings.db_connect_timeout)
+
+
 @db_group.command("upgrade")
 @click.argument("revision", default="head")
 @pass_ctx
 def db_upgrade(ctx: _Context, revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
-    command.upgrade(alembic_config(ctx.settings.database_url), revision)
+    migrate.upgrade(_schema_engine(ctx.settings), revision)
 
 
 @db_group.command("downgrade")
@@ -148,7 +164,7 @@ def db_upgrade(ctx: _Context, revision: str) -> None:
 @pass_ctx
 def db_downgrade(ctx: _Context, revision: str) -> None:
     """Revert migrations down to REVISION ('base' removes the whole schema and its data)."""
-    command.downgrade(alembic_config(ctx.settings.database_url), revision)
+    migrate.downgrade(_schema_engine(ctx.settings), revision)
 
 
 @db_group.command("current")
@@ -156,25 +172,20 @@ def db_downgrade(ctx: _Context, revision: str) -> None:
 @pass_ctx
 def db_current(ctx: _Context, as_json: bool) -> None:
     """Show the schema revision, the head, and the TimescaleDB edition with its Community objects."""
-    settings = ctx.settings
-    head = ScriptDirectory.from_config(alembic_config(settings.database_url)).get_current_head()
-    engine = db.make_engine(settings.database_url, pool_size=0, connect_timeout=settings.db_connect_timeout)
+    engine = _schema_engine(ctx.settings)
     try:
         with engine.connect() as conn:
-            from alembic.runtime.migration import MigrationContext
-
-            current = MigrationContext.configure(conn).get_current_revision()
+            current = migrate.current_revision(conn)
             info = edition.describe(conn)
-    except Exception as exc:  # connection refused, auth, missing extension: say so plainly
-        raise click.ClickException(f"cannot read the database: {exc}") from None
-    finally:
-        engine.dispose()
-    data = {"current": current, "head": head, "at_head": current == head, "edition": info.__dict__}
+    except sa.exc.SQLAlchemyError as exc:  # refused connection, missing extension: say so plainly
+        raise click.ClickException(f"cannot read the database: {exc.__cause__ or exc}") from None
+    head = migrate.head_revision()
+    data = {"current": current, "head": head, "at_head": current == head, "edition": asdict(info)}
     human = (
         f"revision {current or '(none)'} (head {head}){'' if current == head else '  <- not at head'}\n"
         f"TimescaleDB {info.timescaledb_version} {info.license} edition"
         f"{' (embedded engine)' if info.embedded else ''} on PostgreSQL {info.server_version}\n"
-        f"continuous aggregates: {', '.join(info.continuous_aggregates) or 'none (Apache: views over raw)'}"
+        f"continuous aggregates: {', '.join(info.continuous_aggregates) or 'none (Apache: plain views over raw)'}"
     )
     _emit(as_json, data, human)
 
@@ -183,4 +194,4 @@ def db_current(ctx: _Context, as_json: bool) -> None:
 @pass_ctx
 def db_check(ctx: _Context) -> None:
     """Fail if the live schema differs from db/schema.py (drift check)."""
-    command.check(alembic_config(ctx.settings.database_url))
+    migrate.check(_schema_engine(ctx.settings))

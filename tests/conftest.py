@@ -23,14 +23,13 @@ from pathlib import Path
 import port_for
 import pytest
 import sqlalchemy as sa
-from alembic import command
 from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import Engine
 
 import db
+from db.migrate import upgrade
 from jobs import engine as embedded
-from jobs.cli import alembic_config
 
 ALL_ENGINES = ("native", "embedded")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -134,23 +133,9 @@ def make_test_engine(engine_kind: str, url: str) -> Engine:
 def engine(engine_kind: str, database_url: str) -> Iterator[Engine]:
     """An Engine on a database migrated to head."""
     eng = make_test_engine(engine_kind, database_url)
-    upgrade(eng, "head")
+    upgrade(eng)
     yield eng
     eng.dispose()
-
-
-def upgrade(eng: Engine, revision: str) -> None:
-    with eng.connect() as conn:
-        cfg = alembic_config(eng.url.render_as_string(hide_password=False))
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-
-
-def downgrade(eng: Engine, revision: str) -> None:
-    with eng.connect() as conn:
-        cfg = alembic_config(eng.url.render_as_string(hide_password=False))
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import Engine
 
 from db import edition
-from tests.conftest import make_test_engine, native_url, selected_engines, truncate_all, upgrade
+from db.migrate import upgrade
+from tests.conftest import make_test_engine, native_url, selected_engines, truncate_all
 
 # Two days back: inside the refresh window and the retention, not yet compressed.
 WINDOW_START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import Engine
 
-from jobs.cli import alembic_config
-from tests.conftest import PLATFORM_TABLES, downgrade, make_test_engine, native_url, truncate_all, upgrade
+from db import migrate
+from db.migrate import downgrade, upgrade
+from tests.conftest import PLATFORM_TABLES, make_test_engine, native_url, truncate_all
 
 ROLLUP_VIEWS = {"meter_readings_1h", "vehicle_readings_1h", "vehicle_energy_1h"}
 
@@ -113,7 +113,4 @@ def test_migrations_rollups_see_rows_written_before_them(migration_engine):
 
 def test_migrations_schema_matches_metadata(engine):
     # `alembic check` raises when db/schema.py and the migrated database differ.
-    with engine.connect() as conn:
-        cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-        cfg.attributes["connection"] = conn
-        command.check(cfg)
+    migrate.check(engine)

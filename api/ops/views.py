@@ -1,0 +1,26 @@
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from api.ops import service
+from api.ops.schemas import HealthSchema, ReadinessSchema
+
+blp = Blueprint("ops", __name__, description="Liveness and readiness")
+
+
+@blp.route("/health")
+class Health(MethodView):
+    @blp.response(200, HealthSchema)
+    def get(self):
+        """The process is up (no dependency is checked)."""
+        return {"status": "ok"}
+
+
+@blp.route("/ready")
+class Ready(MethodView):
+    @blp.response(200, ReadinessSchema)
+    @blp.alt_response(503, schema=ReadinessSchema, description="Not ready: database down or schema not at head")
+    def get(self):
+        """Ready to serve: database reachable, schema at head; reports the TimescaleDB edition."""
+        result = service.readiness(current_app.extensions["fleet.db"])
+        return result, (200 if result["ready"] else 503)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sets up both TimescaleDB engines and runs the whole test suite against both of them:
+#   native   - this machine's PostgreSQL 15 + TimescaleDB (Apache edition, built from Debian's source package)
+#   embedded - PGlite + TimescaleDB Community, served by db/embedded/server.mjs
+# Extra arguments go to pytest (e.g. `scripts/test.sh -k rollups`). Exits non-zero when a test fails and
+# also when no test ran (pytest's exit code 5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/provision-native.sh
+else
+  sudo bash scripts/provision-native.sh
+fi
+bash scripts/setup.sh
+
+set +e
+.venv/bin/python -m pytest -p no:cacheprovider "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "test.sh: no test ran; that is a failure" >&2
+  exit 1
+fi
+exit "$status"
