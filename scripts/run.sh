@@ -10,7 +10,14 @@ bind=${FLEET_BIND:-127.0.0.1:8000}
 fleet=.venv/bin/fleet
 
 $fleet engine start
-trap '$fleet engine stop >/dev/null || true' EXIT
+api_pid=
+stop_all() {
+  trap - EXIT INT TERM
+  if [ -n "$api_pid" ]; then kill "$api_pid" 2>/dev/null || true; wait "$api_pid" 2>/dev/null || true; fi
+  $fleet engine stop >/dev/null || true
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
 $fleet db upgrade
 $fleet db current
 
@@ -24,4 +31,6 @@ Fleet telemetry platform is starting on http://$bind
 Press Ctrl-C to stop.
 
 TXT
-$fleet serve --bind "$bind" --workers 1
+$fleet serve --bind "$bind" --workers 1 &
+api_pid=$!
+wait "$api_pid"
