@@ -57,6 +57,9 @@ process.on('unhandledRejection', (err) => die('unhandled rejection', err))
 
 const db = await PGlite.create({ dataDir: args['data-dir'], extensions: { timescaledb, btree_gist } })
 await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb')
+// On an existing data directory CREATE EXTENSION is a no-op and nothing loads the library (there is no
+// shared_preload_libraries here): without it, timescaledb.license is unknown and hypertable inserts fail.
+await db.exec("LOAD 'timescaledb'")
 await db.exec(SESSION_RESET_SQL)
 
 // Every call into PGlite goes through this chain so that calls never interleave, even across clients.

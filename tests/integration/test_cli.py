@@ -69,6 +69,11 @@ def test_cli_engine_start_status_stop(runner, tmp_path):
         assert runner.invoke(main, ["engine", "status"], env=env).exit_code == 0
         stopped = runner.invoke(main, ["engine", "stop", "--json"], env=env)
         assert json.loads(stopped.output) == {"stopped": True}
+        # Restarted on its existing data directory, it is still a TimescaleDB Community server.
+        assert runner.invoke(main, ["engine", "start"], env=env).exit_code == 0
+        current = runner.invoke(main, ["db", "current", "--json"], env={**env, "DATABASE_URL": cfg.database_url})
+        assert json.loads(current.output)["edition"]["license"] == "timescale", current.output
+        assert runner.invoke(main, ["engine", "stop"], env=env).exit_code == 0
     finally:
         embedded.stop(cfg)
     after = runner.invoke(main, ["engine", "status"], env=env)
