@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from flask import Flask
-from flask_smorest import Api
 from sqlalchemy.engine import Engine
 
 import db
-from api import ops
+from api import ops, problems
 from api.config import Settings
+from api.problems import ProblemApi
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
@@ -29,6 +29,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         pool_timeout=settings.db_pool_timeout,
         connect_timeout=settings.db_connect_timeout,
     )
-    api = Api(app)
-    api.register_blueprint(ops.blp)
+    problems.init_app(app)
+    api = ProblemApi(app)
+    for blp in (ops.blp,):
+        api.register_blueprint(blp)
     return app
