@@ -41,9 +41,11 @@ const CANCEL_REQUEST = 80877102
 const MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 // Run when a client leaves: whatever it left behind must not reach the next client. RESET ALL also resets
-// search_path to pg_catalog on PGlite, so it is set back explicitly; enable_seqscan starts off on PGlite.
+// search_path to pg_catalog on PGlite, so it is set back explicitly; enable_seqscan starts off on PGlite, and
+// client_min_messages starts at debug3 (a DEBUG notice to the client for every Parse and Bind).
 const SESSION_RESET_SQL = `ROLLBACK; UNLISTEN *; DEALLOCATE ALL; CLOSE ALL; SELECT pg_advisory_unlock_all();
-DISCARD TEMP; RESET ALL; SET search_path TO "$user", public; SET enable_seqscan = on;`
+DISCARD TEMP; RESET ALL; SET search_path TO "$user", public; SET enable_seqscan = on;
+SET client_min_messages = notice;`
 
 const log = (level, msg, extra = {}) =>
   console.log(JSON.stringify({ ts: new Date().toISOString(), level, logger: 'embedded-engine', msg, ...extra }))
@@ -99,6 +101,7 @@ class Client {
     socket.on('data', (chunk) => {
       this.buffer = this.buffer.length ? Buffer.concat([this.buffer, chunk]) : chunk
       if (active === this) this.drain()
+      else if (this.isCancelRequest()) this.socket.destroy() // cannot cancel; do not make it wait its turn
     })
     socket.on('error', (err) => log('info', 'client socket error', { error: err.code || String(err) }))
     socket.on('close', () => this.onClose())
@@ -117,6 +120,10 @@ class Client {
     } finally {
       this.working = false
     }
+  }
+
+  isCancelRequest() {
+    return !this.started && this.buffer.length >= 8 && this.buffer.readInt32BE(4) === CANCEL_REQUEST
   }
 
   nextMessage() {
@@ -198,7 +205,11 @@ const server = createServer((socket) => {
   const client = new Client(socket)
   client.queueTimer = setTimeout(() => {
     if (active === client || client.closed) return
+    const idx = waiting.indexOf(client)
+    if (idx >= 0) waiting.splice(idx, 1) // never give the slot to a client that was already refused
+    client.closed = true
     socket.end(errorResponse('53300', 'embedded engine busy: it serves one connection at a time'))
+    setTimeout(() => socket.destroy(), 1000).unref()
   }, QUEUE_TIMEOUT_MS)
   waiting.push(client)
   stats.queued = waiting.length
