@@ -6,7 +6,7 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 
 import db
-from api import ops, problems
+from api import ingest, ops, problems
 from api.config import Settings
 from api.problems import ProblemApi
 
@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
     )
     app.extensions["fleet.settings"] = settings
     app.extensions["fleet.db"] = engine or db.make_engine(
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     problems.init_app(app)
     api = ProblemApi(app)
-    for blp in (ops.blp,):
+    for blp in (ops.blp, ingest.blp):
         api.register_blueprint(blp)
+    ingest.register_schemas(api.spec)
     return app

@@ -81,6 +81,15 @@ FLEET_ENGINE_PORT = EnvVar("FLEET_ENGINE_PORT", _port, 5499)
 FLEET_ENGINE_HEALTH_PORT = EnvVar("FLEET_ENGINE_HEALTH_PORT", _port, None)
 #: Python logging level name for the API, CLI and jobs.
 FLEET_LOG_LEVEL = EnvVar("FLEET_LOG_LEVEL", str.upper, "INFO")
+#: Most readings one ingest request may carry (a batch from a gateway or a backfill).
+FLEET_MAX_BATCH = EnvVar("FLEET_MAX_BATCH", _positive_int, 1000)
+#: Largest ingest request body, bytes; larger bodies get 413 before they are parsed.
+FLEET_MAX_BODY_BYTES = EnvVar("FLEET_MAX_BODY_BYTES", _positive_int, 1024 * 1024)
+#: How far in the future (device clock ahead of ours) a reading's timestamp may be, seconds.
+FLEET_CLOCK_SKEW_SECONDS = EnvVar("FLEET_CLOCK_SKEW_SECONDS", _positive_int, 300)
+#: Oldest reading accepted, days. Keep it within the rollups' refresh window (30 days): older readings
+#: would be stored but never reach the hourly aggregates.
+FLEET_MAX_READING_AGE_DAYS = EnvVar("FLEET_MAX_READING_AGE_DAYS", _positive_int, 30)
 
 
 def embedded_database_url(host: str, port: int) -> str:
@@ -101,6 +110,10 @@ class Settings:
     engine_port: int
     engine_health_port: int
     log_level: str
+    max_batch: int
+    max_body_bytes: int
+    clock_skew_seconds: int
+    max_reading_age_days: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -120,6 +133,10 @@ class Settings:
             engine_port=engine_port,
             engine_health_port=health_port,
             log_level=_required(FLEET_LOG_LEVEL, env),
+            max_batch=_required(FLEET_MAX_BATCH, env),
+            max_body_bytes=_required(FLEET_MAX_BODY_BYTES, env),
+            clock_skew_seconds=_required(FLEET_CLOCK_SKEW_SECONDS, env),
+            max_reading_age_days=_required(FLEET_MAX_READING_AGE_DAYS, env),
         )
 
     def override(self, **changes: Any) -> Settings:

@@ -1,0 +1,190 @@
+"""The ingest contract: `{"type": "METER"|"VEHICLE", "payload": {...}}`, or a JSON array of such items.
+
+Bounds (documented in the OpenAPI description of each field; readings outside them are rejected, never
+clamped): energy per reading 0..MAX_KWH_PER_READING kWh, voltage 50..1000 V, battery temperature -50..100 C,
+SoC 0..100 % (fractions allowed), ids 1..64 printable characters without spaces, timestamps with a time zone,
+no further than the clock-skew tolerance in the future and no older than the accepted age.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import validate
+
+from db.readings import MeterReading, VehicleReading
+from db.schema import DEVICE_ID_MAX_LENGTH
+
+#: Largest energy one reading may carry: a 350 kW charger over a one-minute interval is ~5.8 kWh; 100 kWh
+#: leaves room for longer reporting intervals while catching unit mistakes (Wh sent as kWh).
+MAX_KWH_PER_READING = 100.0
+VOLTAGE_RANGE = (50.0, 1000.0)
+BATTERY_TEMP_RANGE = (-50.0, 100.0)
+
+
+class BaseSchema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+
+class StrictFloat(ma.fields.Float):
+    """A JSON number, and only a number: no strings, no booleans, nothing non-finite or too large."""
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow's own convention
+        "invalid": "Not a number.",
+        "special": "Must be a finite number.",
+        "too_large": "Number too large.",
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_nan=False, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        try:
+            return super()._deserialize(float(value), attr, data, **kwargs)
+        except OverflowError:
+            raise self.make_error("too_large") from None
+
+
+def _printable_id(value: str) -> None:
+    if not value.isprintable() or any(ch.isspace() for ch in value):
+        raise ma.ValidationError("Must contain only printable characters and no spaces.")
+
+
+def _device_id(description: str) -> ma.fields.String:
+    return ma.fields.String(
+        required=True,
+        validate=[validate.Length(1, DEVICE_ID_MAX_LENGTH), _printable_id],
+        metadata={"description": f"{description}: 1-{DEVICE_ID_MAX_LENGTH} printable characters, no spaces"},
+    )
+
+
+def _timestamp() -> ma.fields.AwareDateTime:
+    return ma.fields.AwareDateTime(
+        required=True,
+        format="iso",
+        metadata={"description": "When the reading was taken: ISO 8601 with a time zone"},
+    )
+
+
+class MeterPayloadSchema(BaseSchema):
+    meterId = _device_id("Smart meter id")
+    kwhConsumedAc = StrictFloat(
+        required=True,
+        validate=validate.Range(0, MAX_KWH_PER_READING),
+        metadata={"description": f"AC energy drawn in the reporting interval, kWh (0-{MAX_KWH_PER_READING:g})"},
+    )
+    voltage = StrictFloat(
+        required=True,
+        validate=validate.Range(*VOLTAGE_RANGE),
+        metadata={"description": "Supply voltage, V ({:g}-{:g})".format(*VOLTAGE_RANGE)},
+    )
+    timestamp = _timestamp()
+
+
+class VehiclePayloadSchema(BaseSchema):
+    vehicleId = _device_id("Vehicle id")
+    soc = StrictFloat(
+        required=True, validate=validate.Range(0, 100), metadata={"description": "State of charge, % (0-100)"}
+    )
+    kwhDeliveredDc = StrictFloat(
+        required=True,
+        validate=validate.Range(0, MAX_KWH_PER_READING),
+        metadata={"description": f"DC energy into the battery in the interval, kWh (0-{MAX_KWH_PER_READING:g})"},
+    )
+    batteryTemp = StrictFloat(
+        required=True,
+        validate=validate.Range(*BATTERY_TEMP_RANGE),
+        metadata={"description": "Battery temperature, C ({:g}-{:g})".format(*BATTERY_TEMP_RANGE)},
+    )
+    isCharging = ma.fields.Boolean(
+        load_default=None, allow_none=True, metadata={"description": "Optional: the charger is delivering energy"}
+    )
+    timestamp = _timestamp()
+
+
+class ReadingSchema(BaseSchema):
+    """One item: the envelope; its payload is checked by the schema its type names."""
+
+    type = ma.fields.String(required=True, validate=validate.OneOf(["METER", "VEHICLE"]))
+    payload = ma.fields.Dict(required=True)
+
+
+class IngestResultSchema(ma.Schema):
+    received = ma.fields.Integer(metadata={"description": "Readings in the request"})
+    stored = ma.fields.Integer(metadata={"description": "Readings stored now (new)"})
+    duplicates = ma.fields.Integer(
+        metadata={"description": "Readings already stored (same device and timestamp); not stored again"}
+    )
+
+
+_PAYLOAD_SCHEMAS = {"METER": MeterPayloadSchema(), "VEHICLE": VehiclePayloadSchema()}
+_ENVELOPE = ReadingSchema()
+
+
+class TimeWindow:
+    """Which reading timestamps are accepted, relative to the server's clock."""
+
+    def __init__(self, max_future: timedelta, max_age: timedelta) -> None:
+        self.max_future = max_future
+        self.max_age = max_age
+
+    def check(self, ts: datetime, now: datetime) -> str | None:
+        if ts > now + self.max_future:
+            return f"Must not be more than {self.max_future.total_seconds():g} s in the future."
+        if ts < now - self.max_age:
+            return f"Must not be older than {self.max_age.days} days."
+        return None
+
+
+def load_reading(item: Any, window: TimeWindow, now: datetime) -> MeterReading | VehicleReading:
+    """Validate one item; raises ValidationError with messages keyed by field (payload fields nested)."""
+    if not isinstance(item, dict):
+        raise ma.ValidationError({"_schema": ["Must be an object with 'type' and 'payload'."]})
+    envelope = _ENVELOPE.load(item)
+    kind = envelope["type"]
+    try:
+        payload = _PAYLOAD_SCHEMAS[kind].load(envelope["payload"])
+    except ma.ValidationError as exc:
+        raise ma.ValidationError({"payload": exc.messages}) from None
+    problem = window.check(payload["timestamp"], now)
+    if problem:
+        raise ma.ValidationError({"payload": {"timestamp": [problem]}})
+    ts = payload["timestamp"].astimezone(UTC)
+    if kind == "METER":
+        return MeterReading(payload["meterId"], ts, payload["kwhConsumedAc"], payload["voltage"])
+    return VehicleReading(
+        payload["vehicleId"],
+        ts,
+        payload["soc"],
+        payload["kwhDeliveredDc"],
+        payload["batteryTemp"],
+        payload["isCharging"],
+    )
+
+
+def load_body(body: Any, window: TimeWindow, max_items: int) -> list[MeterReading | VehicleReading]:
+    """A single item or a batch; raises ValidationError naming each bad field (by item index in a batch)."""
+    now = datetime.now(UTC)
+    if isinstance(body, dict):
+        return [load_reading(body, window, now)]
+    if not isinstance(body, list):
+        raise ma.ValidationError({"_schema": ["Body must be a reading object or an array of readings."]})
+    if not body:
+        raise ma.ValidationError({"_schema": ["Batch is empty."]})
+    if len(body) > max_items:
+        raise ma.ValidationError({"_schema": [f"Batch has {len(body)} readings; the maximum is {max_items}."]})
+    readings: list[MeterReading | VehicleReading] = []
+    errors: dict[int, Any] = {}
+    for index, item in enumerate(body):
+        try:
+            readings.append(load_reading(item, window, now))
+        except ma.ValidationError as exc:
+            errors[index] = exc.messages
+    if errors:
+        raise ma.ValidationError(errors)
+    return readings

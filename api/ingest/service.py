@@ -1,0 +1,35 @@
+"""Ingest: validated readings -> one transaction writing history and current state for both device kinds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+import db
+from db import readings
+from db.readings import MeterReading, VehicleReading
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    received: int
+    stored: int
+    duplicates: int
+
+
+def ingest(engine: Engine, batch: list[MeterReading | VehicleReading]) -> IngestResult:
+    """Store every new reading once (history + current state, one transaction) and count the duplicates."""
+    meters = [r for r in batch if isinstance(r, MeterReading)]
+    vehicles = [r for r in batch if isinstance(r, VehicleReading)]
+    with db.transaction(engine) as conn:
+        stored = (
+            readings.insert_meter_readings(conn, meters).stored
+            + readings.insert_vehicle_readings(conn, vehicles).stored
+        )
+    return IngestResult(received=len(batch), stored=stored, duplicates=len(batch) - stored)
+
+
+def as_dict(result: IngestResult) -> dict[str, Any]:
+    return {"received": result.received, "stored": result.stored, "duplicates": result.duplicates}

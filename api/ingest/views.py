@@ -1,0 +1,62 @@
+import json
+from datetime import timedelta
+
+import marshmallow as ma
+from flask import current_app, request
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+
+from api.ingest import schemas, service
+
+blp = Blueprint("ingest", __name__, url_prefix="/v1/telemetry", description="Device readings")
+
+_ITEM = {
+    "type": "object",
+    "required": ["type", "payload"],
+    "properties": {
+        "type": {"type": "string", "enum": ["METER", "VEHICLE"]},
+        "payload": {
+            "oneOf": [{"$ref": "#/components/schemas/MeterPayload"}, {"$ref": "#/components/schemas/VehiclePayload"}]
+        },
+    },
+}
+INGEST_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {"oneOf": [_ITEM, {"type": "array", "items": _ITEM, "minItems": 1}]},
+        }
+    },
+}
+
+
+def _parse_json_body():
+    if request.mimetype != "application/json":
+        abort(415, message="Content-Type must be application/json")
+    try:
+        return json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        abort(400, message=f"Malformed JSON: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+@blp.route("/ingest")
+class Ingest(MethodView):
+    # auth: device role (bound keys only for their own device) — applied with api.auth.require_role
+    @blp.doc(requestBody=INGEST_REQUEST_BODY)
+    @blp.response(200, schemas.IngestResultSchema)
+    @blp.alt_response(400, description="Malformed JSON")
+    @blp.alt_response(413, description="Body larger than FLEET_MAX_BODY_BYTES")
+    @blp.alt_response(415, description="Not application/json")
+    @blp.alt_response(422, description="Invalid readings: errors name each field (and item index in a batch)")
+    def post(self):
+        """Store one reading or a batch (JSON array); retried readings are counted as duplicates, not stored twice."""
+        settings = current_app.extensions["fleet.settings"]
+        window = schemas.TimeWindow(
+            max_future=timedelta(seconds=settings.clock_skew_seconds),
+            max_age=timedelta(days=settings.max_reading_age_days),
+        )
+        try:
+            batch = schemas.load_body(_parse_json_body(), window, settings.max_batch)
+        except ma.ValidationError as exc:
+            abort(422, message="Invalid readings; nothing was stored", errors={"json": exc.messages})
+        return service.as_dict(service.ingest(current_app.extensions["fleet.db"], batch))
