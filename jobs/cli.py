@@ -195,3 +195,7 @@ def db_current(ctx: _Context, as_json: bool) -> None:
 def db_check(ctx: _Context) -> None:
     """Fail if the live schema differs from db/schema.py (drift check)."""
     migrate.check(_schema_engine(ctx.settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@
 - embedded: PGlite + TimescaleDB Community served by db/embedded/server.mjs under our supervisor.
 
 Every test that (indirectly) uses `engine_kind` runs once per engine. Marker `community` keeps a test on the
-embedded engine (Community features), marker `apache` on the native one. FLEET_TEST_ENGINES narrows the
+embedded engine (Community features), markers `apache` and `native` on the native one. FLEET_TEST_ENGINES narrows the
 run (e.g. `FLEET_TEST_ENGINES=native`).
 
 Isolation: the embedded engine has one connection and one database, so both engines use the same scheme: one
@@ -61,7 +61,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     kinds = list(selected_engines())
     if metafunc.definition.get_closest_marker("community"):
         kinds = [k for k in kinds if k == "embedded"]
-    if metafunc.definition.get_closest_marker("apache"):
+    if metafunc.definition.get_closest_marker("apache") or metafunc.definition.get_closest_marker("native"):
         kinds = [k for k in kinds if k == "native"]
     metafunc.parametrize("engine_kind", kinds, scope="session")
 

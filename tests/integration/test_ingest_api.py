@@ -195,7 +195,7 @@ def test_ingest_bad_request_bodies(client, clean_db, case, kwargs, status):
     assert counts(clean_db) == dict.fromkeys(counts(clean_db), 0)
 
 
-@pytest.mark.apache
+@pytest.mark.native
 def test_ingest_concurrent_writers_store_each_reading_once_and_keep_the_newest(engine, clean_db):
     """Many threads post interleaved, overlapping readings for the same devices (native engine)."""
     app = create_app(Settings.from_env({}), engine=clean_db)
