@@ -6,7 +6,7 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 
 import db
-from api import ingest, ops, problems
+from api import auth, devices, ingest, mappings, ops, problems
 from api.config import Settings
 from api.problems import ProblemApi
 
@@ -32,7 +32,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     problems.init_app(app)
     api = ProblemApi(app)
-    for blp in (ops.blp, ingest.blp):
+    auth.init_app(app, api, settings, public=(ops.blp,))  # /health, /ready: no key, no rate limit
+    for blp in (ops.blp, ingest.blp, devices.blp, mappings.blp):
         api.register_blueprint(blp)
     ingest.register_schemas(api.spec)
     return app

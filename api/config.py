@@ -10,6 +10,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+import limits
+from limits.storage import SCHEMES as RATE_LIMIT_STORAGE_SCHEMES
 
 T = TypeVar("T")
 
@@ -50,6 +54,31 @@ def _port(raw: str) -> int:
     return value
 
 
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < float("inf"):  # also rejects nan
+        raise ValueError("must be a finite number of seconds >= 0")
+    return value
+
+
+def _rate_limit(raw: str) -> str | None:
+    if raw.strip().lower() == "off":
+        return None
+    try:
+        limits.parse_many(raw)
+    except ValueError:
+        raise ValueError("must be a rate like '6000/minute' (several: '6000/minute;200/second'), or 'off'") from None
+    return raw.strip()
+
+
+def _rate_limit_storage(raw: str) -> str:
+    scheme = urlsplit(raw).scheme
+    # Flask-Limiter is synchronous: the async+ variants of the same backends do not apply.
+    if scheme not in RATE_LIMIT_STORAGE_SCHEMES or scheme.startswith("async+"):
+        raise ValueError("must be a limits storage URI such as memory:// or redis://host:6379")
+    return raw
+
+
 def _database_url(raw: str) -> str:
     if not raw.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
         raise ValueError("must be a postgresql:// URL")
@@ -81,6 +110,16 @@ FLEET_ENGINE_PORT = EnvVar("FLEET_ENGINE_PORT", _port, 5499)
 FLEET_ENGINE_HEALTH_PORT = EnvVar("FLEET_ENGINE_HEALTH_PORT", _port, None)
 #: Python logging level name for the API, CLI and jobs.
 FLEET_LOG_LEVEL = EnvVar("FLEET_LOG_LEVEL", str.upper, "INFO")
+#: Seconds an API key lookup is cached in each API process (every ingest request needs one). A revoked key
+#: keeps working for up to this long in a process that saw it recently; 0 looks every request up.
+FLEET_KEY_CACHE_SECONDS = EnvVar("FLEET_KEY_CACHE_SECONDS", _seconds, 5.0)
+#: Requests allowed per API key (per client address for requests without a valid key), across all endpoints
+#: except /health and /ready; limits syntax, several separated by ';'. 'off' disables rate limiting.
+#: A key shared by many devices needs a limit to match: 10,000 meters on one key send 10,000 readings a minute.
+FLEET_RATE_LIMIT = EnvVar("FLEET_RATE_LIMIT", _rate_limit, "6000/minute")
+#: Where rate-limit counters live. memory:// counts per process (each gunicorn worker has its own budget);
+#: redis://host:6379 shares the counters between workers and hosts (needs the `redis` package installed).
+FLEET_RATE_LIMIT_STORAGE_URI = EnvVar("FLEET_RATE_LIMIT_STORAGE_URI", _rate_limit_storage, "memory://")
 #: Most readings one ingest request may carry (a batch from a gateway or a backfill).
 FLEET_MAX_BATCH = EnvVar("FLEET_MAX_BATCH", _positive_int, 1000)
 #: Largest ingest request body, bytes; larger bodies get 413 before they are parsed.
@@ -114,6 +153,9 @@ class Settings:
     max_body_bytes: int
     clock_skew_seconds: int
     max_reading_age_days: int
+    key_cache_seconds: float
+    rate_limit: str | None  # None: rate limiting off
+    rate_limit_storage_uri: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +179,9 @@ class Settings:
             max_body_bytes=_required(FLEET_MAX_BODY_BYTES, env),
             clock_skew_seconds=_required(FLEET_CLOCK_SKEW_SECONDS, env),
             max_reading_age_days=_required(FLEET_MAX_READING_AGE_DAYS, env),
+            key_cache_seconds=_required(FLEET_KEY_CACHE_SECONDS, env),
+            rate_limit=FLEET_RATE_LIMIT.read(env),
+            rate_limit_storage_uri=_required(FLEET_RATE_LIMIT_STORAGE_URI, env),
         )
 
     def override(self, **changes: Any) -> Settings:

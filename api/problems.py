@@ -58,7 +58,8 @@ class ProblemApi(Api):
         errors_ = data.get("errors") or data.get("messages")
         if errors_:
             body["errors"] = errors_
-        headers = {"Content-Type": PROBLEM_JSON, **data.get("headers", {})}
+        # webargs passes headers=None when a validation error carries no headers.
+        headers = {"Content-Type": PROBLEM_JSON, **(data.get("headers") or {})}
         if code >= 500 and code != 503:
             logger.error("unhandled error", exc_info=getattr(error, "original_exception", None))
         return body, code, headers

@@ -112,3 +112,32 @@ vehicle_meter_mapping = sa.Table(
     ),
     sa.Index("vehicle_meter_mapping_meter_id_idx", "meter_id", "valid_from"),
 )
+
+#: Roles an API key can have; admin implicitly has every other role.
+API_KEY_ROLES = ("device", "read", "admin")
+#: Longest API key name (a label for operators: which device, dashboard or person holds the key).
+API_KEY_NAME_MAX_LENGTH = 200
+
+# API keys. Only a SHA-256 hash of the key is stored: keys are 32 random bytes (secrets.token_urlsafe), so
+# a fast unsalted hash is enough (no dictionary or brute force can reach 256 bits of entropy) and lets a
+# request find its key by an indexed equality lookup. key_prefix is the key's first characters, for display.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("key_prefix", sa.Text, nullable=False),
+    sa.Column("key_hash", sa.Text, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("device_id", sa.Text, nullable=True),  # a device key may be bound to one device id
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),  # NULL: active
+    sa.PrimaryKeyConstraint("id"),
+    sa.UniqueConstraint("key_hash"),
+    sa.CheckConstraint(f"role IN {API_KEY_ROLES!r}", name="role"),
+    sa.CheckConstraint("device_id IS NULL OR role = 'device'", name="device_binding"),
+    sa.CheckConstraint(
+        f"device_id IS NULL OR char_length(device_id) BETWEEN 1 AND {DEVICE_ID_MAX_LENGTH}", name="device_id_length"
+    ),
+    sa.CheckConstraint(f"char_length(name) BETWEEN 1 AND {API_KEY_NAME_MAX_LENGTH}", name="name_length"),
+)

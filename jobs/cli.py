@@ -6,17 +6,20 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 import db
 from api.config import ConfigError, Settings
-from db import edition, migrate
+from db import edition, errors, keys, migrate
+from db.schema import API_KEY_ROLES
 from jobs import engine as embedded
 
 
@@ -195,6 +198,86 @@ def db_current(ctx: _Context, as_json: bool) -> None:
 def db_check(ctx: _Context) -> None:
     """Fail if the live schema differs from db/schema.py (drift check)."""
     migrate.check(_schema_engine(ctx.settings))
+
+
+# --- API keys ----------------------------------------------------------------------------------------------
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """API keys: create (the key is printed once, then only its hash is kept), list, revoke."""
+
+
+@contextmanager
+def _keys_transaction(settings: Settings) -> Iterator[Connection]:
+    try:
+        with db.transaction(_schema_engine(settings)) as conn:
+            yield conn
+    except errors.NotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    except sa.exc.SQLAlchemyError as exc:  # refused connection, schema not migrated: say so plainly
+        raise click.ClickException(f"cannot use the database: {exc.__cause__ or exc}") from None
+
+
+def _key_data(key: keys.ApiKey) -> dict[str, Any]:
+    return {**asdict(key), "active": key.active}
+
+
+def _key_line(key: keys.ApiKey) -> str:
+    role = f"{key.role} ({key.device_id})" if key.device_id else key.role
+    state = "active" if key.active else f"revoked {key.revoked_at:%Y-%m-%d %H:%M}"
+    return f"{key.id:>5}  {key.key_prefix + '...':<14}  {role:<24}  {state:<24}  {key.name}"
+
+
+@keys_group.command("create")
+@click.option("--name", required=True, help="Who or what holds the key (a device, a dashboard, a person).")
+@click.option("--role", required=True, type=click.Choice(API_KEY_ROLES), help="admin may do everything.")
+@click.option("--device-id", default=None, help="Bind a device key to this one device id.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (includes the key).")
+@pass_ctx
+def keys_create(ctx: _Context, name: str, role: str, device_id: str | None, as_json: bool) -> None:
+    """Create a key and print it, once: only its hash is stored, it cannot be shown again.
+
+    Without --json the key alone goes to stdout (KEY=$(fleet keys create ...)) and the rest to stderr."""
+    try:
+        with _keys_transaction(ctx.settings) as conn:
+            key, plaintext = keys.create_key(conn, name, role, device_id)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _emit(True, {**_key_data(key), "key": plaintext}, "")
+        return
+    bound = f" bound to device {key.device_id}" if key.device_id else ""
+    click.echo(f"created API key {key.id}: role {key.role}{bound}, name {key.name!r}", err=True)
+    click.echo(plaintext)
+    click.echo("store it now: it is not shown again", err=True)
+
+
+@keys_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def keys_list(ctx: _Context, as_json: bool) -> None:
+    """List keys (revoked ones too) with their display prefix; never the key or its hash."""
+    with _keys_transaction(ctx.settings) as conn:
+        found = keys.list_keys(conn)
+    header = f"{'id':>5}  {'prefix':<14}  {'role':<24}  {'state':<24}  name"
+    human = "\n".join([header, *map(_key_line, found)]) if found else "no API keys"
+    _emit(as_json, {"keys": [_key_data(k) for k in found]}, human)
+
+
+@keys_group.command("revoke")
+@click.argument("key_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def keys_revoke(ctx: _Context, key_id: int, as_json: bool) -> None:
+    """Revoke key KEY_ID. API processes stop accepting it within FLEET_KEY_CACHE_SECONDS."""
+    with _keys_transaction(ctx.settings) as conn:
+        key = keys.revoke_key(conn, key_id)
+    human = (
+        f"revoked API key {key.id} ({key.key_prefix}..., {key.name}); API processes refuse it within"
+        f" {ctx.settings.key_cache_seconds:g} s"
+    )
+    _emit(as_json, _key_data(key), human)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,19 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import port_for
 import pytest
 import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
 from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import Engine
 
 import db
+from db import keys
 from db.migrate import upgrade
 from jobs import engine as embedded
 
@@ -43,6 +47,7 @@ PLATFORM_TABLES = (
     "meters_current",
     "vehicles_current",
     "vehicle_meter_mapping",
+    "api_keys",
 )
 
 
@@ -153,3 +158,17 @@ def truncate_all(eng: Engine) -> None:
         caggs = conn.execute(sa.text("SELECT view_name FROM timescaledb_information.continuous_aggregates")).scalars()
         for cagg in caggs.all():
             conn.execute(sa.text(f"TRUNCATE {cagg}"))
+
+
+def with_api_key(app: Flask, eng: Engine, role: str = "admin", device_id: str | None = None) -> str:
+    """Create an API key and make every test client of `app` send it; returns the key."""
+    with eng.begin() as conn:
+        plaintext = keys.create_key(conn, f"test-{role}", role, device_id)[1]
+
+    class KeyedClient(FlaskClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.environ_base["HTTP_X_API_KEY"] = plaintext
+
+    app.test_client_class = KeyedClient
+    return plaintext

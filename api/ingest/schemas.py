@@ -14,6 +14,7 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
+from api.fields import device_id
 from db.readings import MeterReading, VehicleReading
 from db.schema import DEVICE_ID_MAX_LENGTH
 
@@ -50,15 +51,9 @@ class StrictFloat(ma.fields.Float):
             raise self.make_error("too_large") from None
 
 
-def _printable_id(value: str) -> None:
-    if not value.isprintable() or any(ch.isspace() for ch in value):
-        raise ma.ValidationError("Must contain only printable characters and no spaces.")
-
-
 def _device_id(description: str) -> ma.fields.String:
-    return ma.fields.String(
+    return device_id(
         required=True,
-        validate=[validate.Length(1, DEVICE_ID_MAX_LENGTH), _printable_id],
         metadata={"description": f"{description}: 1-{DEVICE_ID_MAX_LENGTH} printable characters, no spaces"},
     )
 

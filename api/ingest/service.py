@@ -31,5 +31,10 @@ def ingest(engine: Engine, batch: list[MeterReading | VehicleReading]) -> Ingest
     return IngestResult(received=len(batch), stored=stored, duplicates=len(batch) - stored)
 
 
+def device_ids(batch: list[MeterReading | VehicleReading]) -> set[str]:
+    """The device ids a batch reports for."""
+    return {r.meter_id if isinstance(r, MeterReading) else r.vehicle_id for r in batch}
+
+
 def as_dict(result: IngestResult) -> dict[str, Any]:
     return {"received": result.received, "stored": result.stored, "duplicates": result.duplicates}

@@ -6,6 +6,7 @@ from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
+from api.auth import check_device_access, require_role
 from api.ingest import schemas, service
 
 blp = Blueprint("ingest", __name__, url_prefix="/v1/telemetry", description="Device readings")
@@ -41,7 +42,7 @@ def _parse_json_body():
 
 @blp.route("/ingest")
 class Ingest(MethodView):
-    # auth: device role (bound keys only for their own device) — applied with api.auth.require_role
+    @require_role("device")
     @blp.doc(requestBody=INGEST_REQUEST_BODY)
     @blp.response(200, schemas.IngestResultSchema)
     @blp.alt_response(400, description="Malformed JSON")
@@ -59,4 +60,6 @@ class Ingest(MethodView):
             batch = schemas.load_body(_parse_json_body(), window, settings.max_batch)
         except ma.ValidationError as exc:
             abort(422, message="Invalid readings; nothing was stored", errors={"json": exc.messages})
+        for device_id in service.device_ids(batch):  # a key bound to one device may only report for it
+            check_device_access(device_id)
         return service.as_dict(service.ingest(current_app.extensions["fleet.db"], batch))

@@ -16,10 +16,12 @@ import port_for
 import pytest
 import sqlalchemy as sa
 
+from db import keys
 
-def _request(url: str, body: object | None = None, timeout: float = 10.0) -> tuple[int, dict]:
+
+def _request(url: str, body: object | None = None, timeout: float = 10.0, key: str = "") -> tuple[int, dict]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", "X-API-Key": key})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
@@ -80,14 +82,17 @@ def test_gunicorn_ingest_and_duplicates_end_to_end(gunicorn_url, clean_db):
             },
         },
     ]
-    assert _request(gunicorn_url + "/v1/telemetry/ingest", items) == (
+    with clean_db.begin() as conn:
+        key = keys.create_key(conn, "gateway", "device")[1]
+    assert _request(gunicorn_url + "/v1/telemetry/ingest", items)[0] == 401
+    assert _request(gunicorn_url + "/v1/telemetry/ingest", items, key=key) == (
         200,
         {"received": 2, "stored": 2, "duplicates": 0},
     )
     # Retried through another worker, maybe: still stored once.
     for _ in range(4):
-        assert _request(gunicorn_url + "/v1/telemetry/ingest", items)[1]["duplicates"] == 2
-    status, problem = _request(gunicorn_url + "/v1/telemetry/ingest", {"type": "METER", "payload": {}})
+        assert _request(gunicorn_url + "/v1/telemetry/ingest", items, key=key)[1]["duplicates"] == 2
+    status, problem = _request(gunicorn_url + "/v1/telemetry/ingest", {"type": "METER", "payload": {}}, key=key)
     assert status == 422 and "payload" in problem["errors"]["json"]
     with clean_db.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM meter_readings")).scalar_one() == 1

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from api import create_app
 from api.config import Settings
+from db import keys
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 URL = "/v1/telemetry/ingest"
@@ -36,11 +37,21 @@ def vehicle(vehicle_id="v-1", minutes_ago=10, soc=55.5, kwh=0.2, temp=31.0, **ov
     return {"type": "VEHICLE", "payload": {**payload, **overrides}}
 
 
+def device_key(eng, device_id: str | None = None) -> str:
+    with eng.begin() as conn:
+        return keys.create_key(conn, "ingest-test", "device", device_id)[1]
+
+
+def keyed_client(app, key: str):
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = key
+    return client
+
+
 @pytest.fixture
 def client(clean_db):
-    return create_app(
-        Settings.from_env({"FLEET_MAX_BATCH": "50", "FLEET_MAX_BODY_BYTES": "65536"}), engine=clean_db
-    ).test_client()
+    settings = Settings.from_env({"FLEET_MAX_BATCH": "50", "FLEET_MAX_BODY_BYTES": "65536"})
+    return keyed_client(create_app(settings, engine=clean_db), device_key(clean_db))
 
 
 def counts(eng) -> dict[str, int]:
@@ -199,12 +210,13 @@ def test_ingest_bad_request_bodies(client, clean_db, case, kwargs, status):
 def test_ingest_concurrent_writers_store_each_reading_once_and_keep_the_newest(engine, clean_db):
     """Many threads post interleaved, overlapping readings for the same devices (native engine)."""
     app = create_app(Settings.from_env({}), engine=clean_db)
+    key = device_key(clean_db)
     devices = [f"cc-{i}" for i in range(8)]
     minutes = list(range(1, 41))
     threads, errors = [], []
 
     def worker(offset: int) -> None:
-        client = app.test_client()
+        client = keyed_client(app, key)
         # Every thread posts every reading, in a different order, as single readings and small batches.
         order = minutes[offset:] + minutes[:offset]
         for m in order:
@@ -236,3 +248,21 @@ def test_ingest_concurrent_writers_store_each_reading_once_and_keep_the_newest(e
     assert sorted(vehicle_rows) == [(d, 40) for d in devices[4:]]
     assert newest_meters == dict.fromkeys(devices[:4], NOW - timedelta(minutes=1))
     assert newest_vehicles == dict.fromkeys(devices[4:], 99.0)
+
+
+def test_ingest_needs_a_device_key(clean_db):
+    app = create_app(Settings.from_env({}), engine=clean_db)
+    with clean_db.begin() as conn:
+        read_key = keys.create_key(conn, "dashboard", "read")[1]
+    assert app.test_client().post(URL, json=meter()).status_code == 401
+    assert keyed_client(app, read_key).post(URL, json=meter()).status_code == 403
+    assert counts(clean_db)["meter_readings"] == 0
+
+
+def test_ingest_bound_key_only_for_its_own_device(clean_db):
+    app = create_app(Settings.from_env({}), engine=clean_db)
+    client = keyed_client(app, device_key(clean_db, "m-own"))
+    assert client.post(URL, json=meter("m-own")).status_code == 200
+    refused = client.post(URL, json=[meter("m-own", 3), meter("m-other", 3)])
+    assert refused.status_code == 403
+    assert counts(clean_db)["meter_readings"] == 1
