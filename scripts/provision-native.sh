@@ -31,8 +31,10 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends \
-  postgresql-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR} cmake build-essential dpkg-dev libssl-dev >/dev/null
+packages=(postgresql-server-dev-${PG_MAJOR} cmake build-essential dpkg-dev libssl-dev)
+# Install the server only where it is missing: re-installing it could upgrade (and restart) a running one.
+[ -x "/usr/lib/postgresql/${PG_MAJOR}/bin/postgres" ] || packages+=(postgresql-${PG_MAJOR})
+apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 
 # The main Debian mirror as this machine's apt is configured (deb822 or one-line format).
 mirror=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | tr ' ' '\n' | grep -v security | head -n1 || true)
