@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 import limits
@@ -183,14 +183,6 @@ class Settings:
             rate_limit=FLEET_RATE_LIMIT.read(env),
             rate_limit_storage_uri=_required(FLEET_RATE_LIMIT_STORAGE_URI, env),
         )
-
-    def override(self, **changes: Any) -> Settings:
-        """A copy with some fields changed (tests, CLI flags)."""
-        known = {f.name for f in fields(self)}
-        unknown = set(changes) - known
-        if unknown:
-            raise ConfigError(f"unknown settings: {sorted(unknown)}")
-        return replace(self, **changes)
 
 
 def _required(var: EnvVar[T], env: Mapping[str, str]) -> T:

@@ -52,11 +52,6 @@ class EditionInfo:
         return self.license == COMMUNITY_LICENSE
 
 
-def get_license(conn: Connection) -> str:
-    """'timescale' (Community) or 'apache'."""
-    return conn.execute(sa.text("SELECT current_setting('timescaledb.license')")).scalar_one()
-
-
 def describe(conn: Connection) -> EditionInfo:
     """The edition and the Community objects present; on Apache the Community tuples are empty."""
     server = conn.execute(_SERVER_INFO).mappings().one()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -34,7 +33,3 @@ def ingest(engine: Engine, batch: list[MeterReading | VehicleReading]) -> Ingest
 def device_ids(batch: list[MeterReading | VehicleReading]) -> set[str]:
     """The device ids a batch reports for."""
     return {r.meter_id if isinstance(r, MeterReading) else r.vehicle_id for r in batch}
-
-
-def as_dict(result: IngestResult) -> dict[str, Any]:
-    return {"received": result.received, "stored": result.stored, "duplicates": result.duplicates}

@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict
 from datetime import timedelta
 
 import marshmallow as ma
@@ -62,4 +63,4 @@ class Ingest(MethodView):
             abort(422, message="Invalid readings; nothing was stored", errors={"json": exc.messages})
         for device_id in service.device_ids(batch):  # a key bound to one device may only report for it
             check_device_access(device_id)
-        return service.as_dict(service.ingest(current_app.extensions["fleet.db"], batch))
+        return asdict(service.ingest(current_app.extensions["fleet.db"], batch))

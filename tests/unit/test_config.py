@@ -40,8 +40,3 @@ def test_settings_engine_port_moves_default_url_and_health_port():
 def test_settings_bad_value_names_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
-
-
-def test_settings_override_rejects_unknown_fields():
-    with pytest.raises(ConfigError, match="nope"):
-        Settings.from_env({}).override(nope=1)
