@@ -6,7 +6,7 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 
 import db
-from api import auth, devices, ingest, mappings, ops, problems
+from api import analytics, auth, devices, docs, ingest, mappings, ops, problems
 from api.config import Settings
 from api.problems import ProblemApi
 
@@ -30,10 +30,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         pool_timeout=settings.db_pool_timeout,
         connect_timeout=settings.db_connect_timeout,
     )
+    docs.configure(app)
     problems.init_app(app)
     api = ProblemApi(app)
     auth.init_app(app, api, settings, public=(ops.blp,))  # /health, /ready: no key, no rate limit
-    for blp in (ops.blp, ingest.blp, devices.blp, mappings.blp):
+    for blp in (ops.blp, ingest.blp, devices.blp, mappings.blp, analytics.blp):
         api.register_blueprint(blp)
     ingest.register_schemas(api.spec)
     return app

@@ -143,7 +143,8 @@ def _rate_limit_key() -> str:
         key = _request_key()
     except SQLAlchemyError:
         key = None  # database down: count by address; the view itself answers 503 when it needs the key
-    return f"key:{key.id}" if key is not None else f"addr:{request.remote_addr or 'unknown'}"
+    # The key's random display prefix, not its row id: ids repeat across deployments sharing one limit storage.
+    return f"key:{key.key_prefix}" if key is not None else f"addr:{request.remote_addr or 'unknown'}"
 
 
 def _remember_reset(limit: RequestLimit) -> None:

@@ -61,6 +61,20 @@ def _seconds(raw: str) -> float:
     return value
 
 
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 1:  # also rejects nan
+        raise ValueError("must be a ratio in (0, 1], e.g. 0.85")
+    return value
+
+
+def _days(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 3660:
+        raise ValueError("must be a whole number of days, 1 to 3660")
+    return value
+
+
 def _rate_limit(raw: str) -> str | None:
     if raw.strip().lower() == "off":
         return None
@@ -130,6 +144,12 @@ FLEET_CLOCK_SKEW_SECONDS = EnvVar("FLEET_CLOCK_SKEW_SECONDS", _positive_int, 300
 #: would be stored but never reach the hourly aggregates.
 FLEET_MAX_READING_AGE_DAYS = EnvVar("FLEET_MAX_READING_AGE_DAYS", _positive_int, 30)
 
+#: Efficiency (DC delivered / AC consumed) below which a vehicle is flagged in the fleet view and alerted on.
+FLEET_EFFICIENCY_ALERT_THRESHOLD = EnvVar("FLEET_EFFICIENCY_ALERT_THRESHOLD", _fraction, 0.85)
+#: Longest window one analytics request may cover, days (the rollups keep 3 years; a bound keeps every
+#: response small and every query short).
+FLEET_ANALYTICS_MAX_WINDOW_DAYS = EnvVar("FLEET_ANALYTICS_MAX_WINDOW_DAYS", _days, 31)
+
 
 def embedded_database_url(host: str, port: int) -> str:
     """The URL of the embedded engine (its user and database names are accepted and ignored)."""
@@ -156,6 +176,8 @@ class Settings:
     key_cache_seconds: float
     rate_limit: str | None  # None: rate limiting off
     rate_limit_storage_uri: str
+    efficiency_alert_threshold: float
+    analytics_max_window_days: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -182,6 +204,8 @@ class Settings:
             key_cache_seconds=_required(FLEET_KEY_CACHE_SECONDS, env),
             rate_limit=FLEET_RATE_LIMIT.read(env),
             rate_limit_storage_uri=_required(FLEET_RATE_LIMIT_STORAGE_URI, env),
+            efficiency_alert_threshold=_required(FLEET_EFFICIENCY_ALERT_THRESHOLD, env),
+            analytics_max_window_days=_required(FLEET_ANALYTICS_MAX_WINDOW_DAYS, env),
         )
 
 

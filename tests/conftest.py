@@ -172,3 +172,23 @@ def with_api_key(app: Flask, eng: Engine, role: str = "admin", device_id: str | 
 
     app.test_client_class = KeyedClient
     return plaintext
+
+
+@pytest.fixture
+def both_editions(request: pytest.FixtureRequest) -> Iterator[dict[str, Engine]]:
+    """A migrated, empty database on each engine, for comparing results across editions."""
+    if set(selected_engines()) != {"native", "embedded"}:
+        pytest.skip("needs both engines")
+    proc = request.getfixturevalue("native_proc")
+    cfg = request.getfixturevalue("embedded_engine")
+    with DatabaseJanitor(user=proc.user, host=proc.host, port=proc.port, dbname="fleet_editions"):
+        engines = {
+            "native": make_test_engine("native", native_url(proc, "fleet_editions")),
+            "embedded": make_test_engine("embedded", cfg.database_url),
+        }
+        for eng in engines.values():
+            upgrade(eng)
+        yield engines
+        truncate_all(engines["embedded"])
+        for eng in engines.values():
+            eng.dispose()

@@ -329,6 +329,19 @@ def test_rate_limit_off(clean_db):
     assert {_get(client, "/test-auth/fleet", plaintext).status_code for _ in range(5)} == {200}
 
 
+@pytest.mark.parametrize(("storage", "shared"), [("redis://127.0.0.1:6379", True), ("memory://", False)])
+def test_rate_limit_storage_is_shared_between_workers_through_redis(clean_db, storage, shared):
+    # Two app instances stand for two gunicorn workers (or hosts); the machine's Redis is on its standard port.
+    worker_a, worker_b = (
+        make_app(clean_db, FLEET_RATE_LIMIT="4/minute", FLEET_RATE_LIMIT_STORAGE_URI=storage).test_client()
+        for _ in range(2)
+    )
+    _, plaintext = new_key(clean_db, "read")  # a fresh key: its random prefix is its own limit bucket
+    assert [_get(worker_a, "/test-auth/fleet", plaintext).status_code for _ in range(3)] == [200] * 3
+    second_worker = [_get(worker_b, "/test-auth/fleet", plaintext).status_code for _ in range(2)]
+    assert second_worker == ([200, 429] if shared else [200, 200])
+
+
 # --- configuration -----------------------------------------------------------------------------------------
 
 

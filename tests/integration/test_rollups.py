@@ -12,12 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import Engine
 
 from db import edition
-from db.migrate import upgrade
-from tests.conftest import make_test_engine, native_url, selected_engines, truncate_all
 
 # Two days back: inside the refresh window and the retention, not yet compressed.
 WINDOW_START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
@@ -287,26 +284,6 @@ def test_rollups_apache_path_uses_views_and_attempts_no_community_feature(engine
     assert {"meter_readings_1h", "vehicle_readings_1h", "vehicle_energy_1h"} <= views
     assert (matviews, caggs, jobs, compressed) == (0, 0, 0, 0)
     assert info.continuous_aggregates == () and info.policies == ()
-
-
-@pytest.fixture
-def both_editions(request: pytest.FixtureRequest) -> Iterator[dict[str, Engine]]:
-    """A migrated, empty database on each engine, for comparing results across editions."""
-    if set(selected_engines()) != {"native", "embedded"}:
-        pytest.skip("needs both engines")
-    proc = request.getfixturevalue("native_proc")
-    cfg = request.getfixturevalue("embedded_engine")
-    with DatabaseJanitor(user=proc.user, host=proc.host, port=proc.port, dbname="fleet_editions"):
-        engines = {
-            "native": make_test_engine("native", native_url(proc, "fleet_editions")),
-            "embedded": make_test_engine("embedded", cfg.database_url),
-        }
-        for eng in engines.values():
-            upgrade(eng, "head")
-        yield engines
-        truncate_all(engines["embedded"])
-        for eng in engines.values():
-            eng.dispose()
 
 
 def test_rollups_identical_on_both_editions(both_editions):
