@@ -7,7 +7,7 @@ continuous aggregates, policies); `fleet db check` / `alembic check` compares th
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ExcludeConstraint
+from sqlalchemy.dialects.postgresql import JSONB, ExcludeConstraint
 
 #: Longest device id accepted (API validation uses the same bound).
 DEVICE_ID_MAX_LENGTH = 64
@@ -140,4 +140,35 @@ api_keys = sa.Table(
         f"device_id IS NULL OR char_length(device_id) BETWEEN 1 AND {DEVICE_ID_MAX_LENGTH}", name="device_id_length"
     ),
     sa.CheckConstraint(f"char_length(name) BETWEEN 1 AND {API_KEY_NAME_MAX_LENGTH}", name="name_length"),
+)
+
+#: What an alert is about; see db/migrations/versions/0004_alerts.py.
+ALERT_KINDS = ("low_efficiency", "correlation_lost", "silent_device")
+ALERT_DEVICE_TYPES = ("meter", "vehicle")
+
+# Alerts: one open alert per device and kind (partial unique index), resolved rather than deleted.
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("device_type", sa.Text, nullable=False),
+    sa.Column("device_id", sa.Text, nullable=False),
+    sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),  # NULL: open
+    sa.Column("details", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.PrimaryKeyConstraint("id"),
+    sa.CheckConstraint(f"kind IN {ALERT_KINDS!r}", name="kind"),
+    sa.CheckConstraint(f"device_type IN {ALERT_DEVICE_TYPES!r}", name="device_type"),
+    sa.CheckConstraint(f"char_length(device_id) BETWEEN 1 AND {DEVICE_ID_MAX_LENGTH}", name="device_id_length"),
+    sa.CheckConstraint("resolved_at IS NULL OR resolved_at >= opened_at", name="resolution"),
+    sa.Index(
+        "alerts_one_open_per_device_and_kind",
+        "kind",
+        "device_id",
+        unique=True,
+        postgresql_where=sa.text("resolved_at IS NULL"),
+    ),
+    sa.Index("alerts_opened_at_idx", "opened_at"),
 )

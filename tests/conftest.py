@@ -48,6 +48,7 @@ PLATFORM_TABLES = (
     "vehicles_current",
     "vehicle_meter_mapping",
     "api_keys",
+    "alerts",
 )
 
 
