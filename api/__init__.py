@@ -6,7 +6,7 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 
 import db
-from api import analytics, auth, devices, docs, ingest, mappings, ops, problems
+from api import alerts, analytics, auth, devices, docs, ingest, logging_setup, mappings, metrics, ops, problems
 from api.config import Settings
 from api.problems import ProblemApi
 
@@ -14,6 +14,7 @@ from api.problems import ProblemApi
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
     """Application factory; tests pass their own settings and engine."""
     settings = settings or Settings.from_env()
+    logging_setup.configure_logging(settings.log_level)  # once per process: gunicorn's master already did
     app = Flask(__name__)
     app.config.from_mapping(
         API_TITLE="Fleet telemetry",
@@ -31,10 +32,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         connect_timeout=settings.db_connect_timeout,
     )
     docs.configure(app)
+    logging_setup.init_app(app)  # X-Request-ID on every request, response and log line
     problems.init_app(app)
     api = ProblemApi(app)
-    auth.init_app(app, api, settings, public=(ops.blp,))  # /health, /ready: no key, no rate limit
-    for blp in (ops.blp, ingest.blp, devices.blp, mappings.blp, analytics.blp):
+    # Never rate limited: /health, /ready (no key) and /metrics (a key only if FLEET_METRICS asks for one).
+    auth.init_app(app, api, settings, public=(ops.blp, metrics.blp))
+    for blp in (ops.blp, ingest.blp, devices.blp, mappings.blp, analytics.blp, alerts.blp):
         api.register_blueprint(blp)
     ingest.register_schemas(api.spec)
+    metrics.init_app(app, api, settings)  # request timing, rejections, pool gauges; GET /metrics
     return app

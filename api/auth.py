@@ -6,7 +6,7 @@
 - Key lookups are cached per process for FLEET_KEY_CACHE_SECONDS, because every ingest request needs one:
   a revoked key keeps working for at most that long in a process that had just seen it.
 - Rate limiting (Flask-Limiter) counts per key across all endpoints, per client address for requests without
-  a valid key; /health and /ready are exempt. A 429 is a problem document with Retry-After.
+  a valid key; /health, /ready and /metrics are exempt. A 429 is a problem document with Retry-After.
 
 Keys are never logged: only their id, name or display prefix may appear in logs.
 """

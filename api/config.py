@@ -5,6 +5,7 @@ The API, the `fleet` CLI and the jobs all build their configuration here, once, 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -75,6 +76,34 @@ def _days(raw: str) -> int:
     return value
 
 
+def _period(raw: str) -> float:
+    value = float(raw)
+    if not 1 <= value < float("inf"):  # also rejects nan
+        raise ValueError("must be a finite number of seconds >= 1")
+    return value
+
+
+def _at_least_one(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be a whole number >= 1")
+    return value
+
+
+def _hours(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 744:
+        raise ValueError("must be a whole number of hours, 1 to 744 (31 days)")
+    return value
+
+
+def _kwh(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < float("inf"):  # also rejects nan
+        raise ValueError("must be a finite number of kWh >= 0")
+    return value
+
+
 def _rate_limit(raw: str) -> str | None:
     if raw.strip().lower() == "off":
         return None
@@ -91,6 +120,24 @@ def _rate_limit_storage(raw: str) -> str:
     if scheme not in RATE_LIMIT_STORAGE_SCHEMES or scheme.startswith("async+"):
         raise ValueError("must be a limits storage URI such as memory:// or redis://host:6379")
     return raw
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if not isinstance(logging.getLevelName(value), int):
+        raise ValueError("must be a logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return value
+
+
+#: Who may read GET /metrics.
+METRICS_ACCESS = ("off", "public", "read", "admin")
+
+
+def _metrics_access(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in METRICS_ACCESS:
+        raise ValueError(f"must be one of {', '.join(METRICS_ACCESS)}")
+    return value
 
 
 def _database_url(raw: str) -> str:
@@ -123,12 +170,17 @@ FLEET_ENGINE_PORT = EnvVar("FLEET_ENGINE_PORT", _port, 5499)
 #: HTTP health port of the embedded engine; unset: FLEET_ENGINE_PORT + 1.
 FLEET_ENGINE_HEALTH_PORT = EnvVar("FLEET_ENGINE_HEALTH_PORT", _port, None)
 #: Python logging level name for the API, CLI and jobs.
-FLEET_LOG_LEVEL = EnvVar("FLEET_LOG_LEVEL", str.upper, "INFO")
+FLEET_LOG_LEVEL = EnvVar("FLEET_LOG_LEVEL", _log_level, "INFO")
+#: Who may read the Prometheus metrics at GET /metrics: `public` (no key), `read` or `admin` (an API key with
+#: that role, or admin), `off` (no such route). They hold no secret, only operational counts (requests,
+#: readings, pool use): public suits an API on loopback or an internal network; behind a public address use
+#: read/admin (Prometheus sends the key as an X-API-Key http_header) or block /metrics at the proxy.
+FLEET_METRICS = EnvVar("FLEET_METRICS", _metrics_access, "public")
 #: Seconds an API key lookup is cached in each API process (every ingest request needs one). A revoked key
 #: keeps working for up to this long in a process that saw it recently; 0 looks every request up.
 FLEET_KEY_CACHE_SECONDS = EnvVar("FLEET_KEY_CACHE_SECONDS", _seconds, 5.0)
 #: Requests allowed per API key (per client address for requests without a valid key), across all endpoints
-#: except /health and /ready; limits syntax, several separated by ';'. 'off' disables rate limiting.
+#: except /health, /ready and /metrics; limits syntax, several separated by ';'. 'off' disables rate limiting.
 #: A key shared by many devices needs a limit to match: 10,000 meters on one key send 10,000 readings a minute.
 FLEET_RATE_LIMIT = EnvVar("FLEET_RATE_LIMIT", _rate_limit, "6000/minute")
 #: Where rate-limit counters live. memory:// counts per process (each gunicorn worker has its own budget);
@@ -146,9 +198,38 @@ FLEET_MAX_READING_AGE_DAYS = EnvVar("FLEET_MAX_READING_AGE_DAYS", _positive_int,
 
 #: Efficiency (DC delivered / AC consumed) below which a vehicle is flagged in the fleet view and alerted on.
 FLEET_EFFICIENCY_ALERT_THRESHOLD = EnvVar("FLEET_EFFICIENCY_ALERT_THRESHOLD", _fraction, 0.85)
+#: Alerts (`fleet alerts scan`, the scheduler): complete hours over which efficiency is judged.
+FLEET_ALERT_WINDOW_HOURS = EnvVar("FLEET_ALERT_WINDOW_HOURS", _hours, 24)
+#: Alerts: complete hours over which vehicle/meter correlation is judged. Short, because it reads the raw
+#: readings (1.2M an hour for 10,000 vehicles and their meters), not the hourly rollups.
+FLEET_CORRELATION_WINDOW_HOURS = EnvVar("FLEET_CORRELATION_WINDOW_HOURS", _hours, 1)
+#: Alerts: share of a vehicle's readings that must have a reading of its mapped meter within 5 s; below it
+#: (or with a median clock offset beyond 5 s) the pair's correlation is lost.
+FLEET_CORRELATION_MIN_MATCH_RATE = EnvVar("FLEET_CORRELATION_MIN_MATCH_RATE", _fraction, 0.5)
+#: Alerts: readings a vehicle (and, for efficiency, its meter) needs in a window to be judged at all; with
+#: fewer, its efficiency and correlation alerts are neither opened nor resolved.
+FLEET_ALERT_MIN_READINGS = EnvVar("FLEET_ALERT_MIN_READINGS", _at_least_one, 30)
+#: Alerts: AC kWh a vehicle's meter must have drawn in the window for its efficiency to be judged (an idle
+#: vehicle whose charger draws only standby power is not "0 % efficient").
+FLEET_ALERT_MIN_AC_KWH = EnvVar("FLEET_ALERT_MIN_AC_KWH", _kwh, 1.0)
+#: Alerts: minutes without a reading (by the database's clock) after which a meter or vehicle is silent.
+FLEET_SILENT_MINUTES = EnvVar("FLEET_SILENT_MINUTES", _at_least_one, 15)
 #: Longest window one analytics request may cover, days (the rollups keep 3 years; a bound keeps every
 #: response small and every query short).
 FLEET_ANALYTICS_MAX_WINDOW_DAYS = EnvVar("FLEET_ANALYTICS_MAX_WINDOW_DAYS", _days, 31)
+
+#: `fleet jobs run`: seconds between two looks for due jobs (a job runs at most this late).
+FLEET_JOBS_TICK_SECONDS = EnvVar("FLEET_JOBS_TICK_SECONDS", _period, 10.0)
+#: `fleet jobs run`: seconds a claimed run keeps other scheduler copies off that job on an engine without
+#: advisory locks held across units of work (the embedded engine); also how long a run left behind by a
+#: crashed scheduler blocks that job there. Keep it above the longest run of any job.
+FLEET_JOBS_LEASE_SECONDS = EnvVar("FLEET_JOBS_LEASE_SECONDS", _period, 900.0)
+#: `fleet jobs run`, Apache edition: seconds between two runs of the project's retention job (drop_chunks).
+FLEET_JOBS_RETENTION_EVERY_SECONDS = EnvVar("FLEET_JOBS_RETENTION_EVERY_SECONDS", _period, 3600.0)
+#: `fleet jobs run`: seconds between two alert evaluations.
+FLEET_JOBS_ALERTS_EVERY_SECONDS = EnvVar("FLEET_JOBS_ALERTS_EVERY_SECONDS", _period, 60.0)
+#: `fleet jobs run`, embedded engine only (it has no checkpointer): seconds between two CHECKPOINTs.
+FLEET_JOBS_CHECKPOINT_EVERY_SECONDS = EnvVar("FLEET_JOBS_CHECKPOINT_EVERY_SECONDS", _period, 300.0)
 
 
 def embedded_database_url(host: str, port: int) -> str:
@@ -177,7 +258,19 @@ class Settings:
     rate_limit: str | None  # None: rate limiting off
     rate_limit_storage_uri: str
     efficiency_alert_threshold: float
+    alert_window_hours: int
+    correlation_window_hours: int
+    correlation_min_match_rate: float
+    alert_min_readings: int
+    alert_min_ac_kwh: float
+    silent_minutes: int
     analytics_max_window_days: int
+    metrics_access: str  # off | public | read | admin
+    jobs_tick_seconds: float
+    jobs_lease_seconds: float
+    jobs_retention_every_seconds: float
+    jobs_alerts_every_seconds: float
+    jobs_checkpoint_every_seconds: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -205,7 +298,19 @@ class Settings:
             rate_limit=FLEET_RATE_LIMIT.read(env),
             rate_limit_storage_uri=_required(FLEET_RATE_LIMIT_STORAGE_URI, env),
             efficiency_alert_threshold=_required(FLEET_EFFICIENCY_ALERT_THRESHOLD, env),
+            alert_window_hours=_required(FLEET_ALERT_WINDOW_HOURS, env),
+            correlation_window_hours=_required(FLEET_CORRELATION_WINDOW_HOURS, env),
+            correlation_min_match_rate=_required(FLEET_CORRELATION_MIN_MATCH_RATE, env),
+            alert_min_readings=_required(FLEET_ALERT_MIN_READINGS, env),
+            alert_min_ac_kwh=_required(FLEET_ALERT_MIN_AC_KWH, env),
+            silent_minutes=_required(FLEET_SILENT_MINUTES, env),
             analytics_max_window_days=_required(FLEET_ANALYTICS_MAX_WINDOW_DAYS, env),
+            metrics_access=_required(FLEET_METRICS, env),
+            jobs_tick_seconds=_required(FLEET_JOBS_TICK_SECONDS, env),
+            jobs_lease_seconds=_required(FLEET_JOBS_LEASE_SECONDS, env),
+            jobs_retention_every_seconds=_required(FLEET_JOBS_RETENTION_EVERY_SECONDS, env),
+            jobs_alerts_every_seconds=_required(FLEET_JOBS_ALERTS_EVERY_SECONDS, env),
+            jobs_checkpoint_every_seconds=_required(FLEET_JOBS_CHECKPOINT_EVERY_SECONDS, env),
         )
 
 

@@ -213,23 +213,40 @@ _VEHICLE_KNOWN = sa.text(
 )
 
 # For each of the vehicle's readings in the window, its mapped meter's nearest reading (within the search
-# distance; ties go to the earlier one). One index probe per reading on the meter's primary key.
+# distance; ties go to the earlier one). One sort of the two sides' timestamps instead of one index probe per
+# reading: the vehicle's readings and its meters' readings are merged per meter in time order, and two running
+# window aggregates give each vehicle reading the meter's last reading at or before it and the first one after it
+# (the second in descending order, so both frames only grow and each aggregate is a single pass).
 _CORRELATION = sa.text(
     """
-    WITH pairs AS (
-        SELECT (SELECT extract(epoch FROM v.recorded_at - m.recorded_at)::float8
-                  FROM meter_readings m
-                 WHERE m.meter_id = map.meter_id
-                   AND m.recorded_at >= v.recorded_at - make_interval(secs => :search_s)
-                   AND m.recorded_at <= v.recorded_at + make_interval(secs => :search_s)
-                 ORDER BY abs(extract(epoch FROM v.recorded_at - m.recorded_at)), m.recorded_at
-                 LIMIT 1) AS offset_s
+    WITH v AS (
+        SELECT v.recorded_at, map.meter_id
           FROM vehicle_readings v
           LEFT JOIN vehicle_meter_mapping map
             ON map.vehicle_id = v.vehicle_id
            AND map.valid_from <= v.recorded_at
            AND (map.valid_to IS NULL OR v.recorded_at < map.valid_to)
          WHERE v.vehicle_id = :vehicle_id AND v.recorded_at >= :start AND v.recorded_at < :end
+    ), events AS (
+        SELECT meter_id, recorded_at AS t, 1 AS kind FROM v
+        UNION ALL
+        SELECT m.meter_id, m.recorded_at, 0
+          FROM meter_readings m
+         WHERE m.meter_id = ANY (ARRAY(SELECT DISTINCT meter_id FROM v WHERE meter_id IS NOT NULL))
+           AND m.recorded_at >= CAST(:start AS timestamptz) - make_interval(secs => :search_s)
+           AND m.recorded_at <= CAST(:end AS timestamptz) + make_interval(secs => :search_s)
+    ), neighbours AS (
+        SELECT kind,
+               extract(epoch FROM t - max(t) FILTER (WHERE kind = 0) OVER (PARTITION BY meter_id ORDER BY t, kind
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))::float8 AS after_prev,
+               extract(epoch FROM min(t) FILTER (WHERE kind = 0) OVER (PARTITION BY meter_id ORDER BY t DESC, kind DESC
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - t)::float8 AS before_next
+          FROM events
+    ), pairs AS (
+        SELECT CASE WHEN after_prev <= :search_s AND (before_next IS NULL OR after_prev <= before_next) THEN after_prev
+                    WHEN before_next <= :search_s THEN -before_next END AS offset_s
+          FROM neighbours
+         WHERE kind = 1
     )
     SELECT count(*) AS vehicle_readings,
            count(*) FILTER (WHERE abs(offset_s) <= :tolerance_s) AS matched_readings,
@@ -318,25 +335,12 @@ def vehicle_performance(
 # --- the fleet ----------------------------------------------------------------------------------------------
 
 
-def fleet_performance(
-    conn: Connection,
-    start: datetime,
-    end: datetime,
-    *,
-    efficiency_below: float | None = None,
-    sort: FleetSort = "vehicleId",
-    descending: bool = False,
-    limit: int = 100,
-    offset: int = 0,
-    community: bool | None = None,
-) -> tuple[list[FleetVehicle], int]:
-    """Per-vehicle totals over [start, end) (whole hours), sorted and paged, and the number of vehicles in all.
-
-    A vehicle is listed when it or its mapped meter reported in the window. `efficiency_below` keeps only
-    vehicles whose efficiency is known and below it. Sorting puts unknown values last; ties go by vehicle id.
+def vehicle_totals(community: bool, start: datetime, end: datetime) -> sa.Subquery:
+    """Per-vehicle totals over [start, end) (whole hours) as a subquery, one row per vehicle that (or whose
+    mapped meter) reported in the window: vehicle_id, total_ac_consumed, total_dc_delivered, efficiency,
+    power_loss, meter_readings, vehicle_readings. The fleet view and the efficiency alerts both read it, so
+    an alert fires for exactly the vehicles the fleet view flags.
     """
-    if community is None:
-        community = conn.execute(sa.text("SELECT current_setting('timescaledb.license') = 'timescale'")).scalar_one()
     map_ = vehicle_meter_mapping
     m = _meter_hours(community, start, end, None)
     ac = (
@@ -375,6 +379,29 @@ def fleet_performance(
         .select_from(dc.join(ac, ac.c.vehicle_id == dc.c.vehicle_id, full=True))
         .subquery("totals")
     )
+    return totals
+
+
+def fleet_performance(
+    conn: Connection,
+    start: datetime,
+    end: datetime,
+    *,
+    efficiency_below: float | None = None,
+    sort: FleetSort = "vehicleId",
+    descending: bool = False,
+    limit: int = 100,
+    offset: int = 0,
+    community: bool | None = None,
+) -> tuple[list[FleetVehicle], int]:
+    """Per-vehicle totals over [start, end) (whole hours), sorted and paged, and the number of vehicles in all.
+
+    A vehicle is listed when it or its mapped meter reported in the window. `efficiency_below` keeps only
+    vehicles whose efficiency is known and below it. Sorting puts unknown values last; ties go by vehicle id.
+    """
+    if community is None:
+        community = conn.execute(sa.text("SELECT current_setting('timescaledb.license') = 'timescale'")).scalar_one()
+    totals = vehicle_totals(community, start, end)
     sort_column = {
         # COLLATE "C": byte order of ids, the same on every engine whatever its default collation.
         "vehicleId": totals.c.vehicle_id.collate("C"),

@@ -166,9 +166,47 @@ alerts = sa.Table(
     sa.Index(
         "alerts_one_open_per_device_and_kind",
         "kind",
+        "device_type",
         "device_id",
         unique=True,
         postgresql_where=sa.text("resolved_at IS NULL"),
     ),
     sa.Index("alerts_opened_at_idx", "opened_at"),
+)
+
+#: Raw hypertables whose retention the project's own job enforces on the Apache edition.
+RETENTION_HYPERTABLES = ("meter_readings", "vehicle_readings")
+#: Results a scheduled job's last run can have; see jobs/scheduler.py.
+JOB_RESULTS = ("running", "succeeded", "failed")
+
+# Apache edition only (no retention policies there): how long `fleet jobs run` keeps each raw hypertable's
+# chunks. Empty on Community, where TimescaleDB's retention policies are the source of truth.
+retention_settings = sa.Table(
+    "retention_settings",
+    metadata,
+    sa.Column("hypertable_name", sa.Text, nullable=False),
+    sa.Column("drop_after", sa.Interval, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("hypertable_name"),
+    sa.CheckConstraint(f"hypertable_name IN {RETENTION_HYPERTABLES!r}", name="hypertable_name"),
+    sa.CheckConstraint("drop_after > INTERVAL '0'", name="drop_after_positive"),
+)
+
+# One row per scheduled job: its last run, and a lease. A scheduler claims a due run with a conditional UPDATE
+# of this row (see jobs/scheduler.py), so two schedulers never run the same due job twice.
+job_runs = sa.Table(
+    "job_runs",
+    metadata,
+    sa.Column("job_name", sa.Text, nullable=False),
+    sa.Column("holder", sa.Text, nullable=True),  # host:pid:token of the scheduler that ran it last
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),  # NULL: never ran
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),  # set while a run is in progress
+    sa.Column("result", sa.Text, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("stats", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("run_count", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("failure_count", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.PrimaryKeyConstraint("job_name"),
+    sa.CheckConstraint(f"result IN {JOB_RESULTS!r}", name="result"),
 )

@@ -1,7 +1,30 @@
 """gunicorn settings for `fleet serve` and the container image. Each value can be overridden from the
-environment (GUNICORN_CMD_ARGS) or by `fleet serve` flags."""
+environment (GUNICORN_CMD_ARGS) or by `fleet serve` flags.
+
+Logs: `GunicornLogger` sends gunicorn's own lines and the access lines, like the app's, as JSON to stdout
+(api/logging_setup.py); it configures logging in the master, before any worker builds the app.
+
+Metrics: several worker processes share one /metrics through prometheus_client's multiprocess mode
+(api/metrics.py). PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is first imported, in the
+master and so in every worker it forks: it is set here, at the top, to a fresh private directory unless the
+environment names one. It is emptied when the server starts (on_starting), an exited worker's files are folded
+into the totals and its live gauges dropped (child_exit), and a directory made here is removed when the server
+stops (on_exit).
+"""
 
 import os
+import shutil
+import tempfile
+
+_METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Remembers, across configuration reloads (SIGHUP re-reads this file), that the directory was made here.
+_CREATED_ENV = "FLEET_METRICS_DIR_CREATED"
+
+if not os.environ.get(_METRICS_DIR_ENV):
+    os.environ[_METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="fleet-metrics-")
+    os.environ[_CREATED_ENV] = os.environ[_METRICS_DIR_ENV]
+# prometheus_client opens its files there as soon as the app's modules are imported (logger_class below).
+os.makedirs(os.environ[_METRICS_DIR_ENV], exist_ok=True)
 
 bind = os.environ.get("FLEET_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("FLEET_WORKERS", "2"))
@@ -12,5 +35,32 @@ max_requests = 20000
 max_requests_jitter = 2000
 timeout = 30
 graceful_timeout = 20
+# JSON lines on stdout (level FLEET_LOG_LEVEL); access lines carry X-Request-ID and never a request header.
+# Loading it imports the `api` package in the master (the app itself is still built in each worker): workers
+# fork with the modules loaded, and new code needs a restart, not a SIGHUP.
+logger_class = "api.logging_setup.GunicornLogger"
 accesslog = "-"
 errorlog = "-"
+
+
+def on_starting(server):
+    """Start with an empty metrics directory: counters begin at zero with the server, as Prometheus expects."""
+    from api import metrics
+
+    path = os.environ[_METRICS_DIR_ENV]
+    metrics.reset_multiprocess_dir(path)
+    server.log.info("metrics: multiprocess directory %s, emptied", path)
+
+
+def child_exit(server, worker):
+    """A worker exited (recycled, timed out, killed): keep its counts in the totals, drop its gauges."""
+    from api import metrics
+
+    metrics.mark_worker_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics directory if this file made it."""
+    created = os.environ.get(_CREATED_ENV)
+    if created and created == os.environ.get(_METRICS_DIR_ENV):
+        shutil.rmtree(created, ignore_errors=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -14,13 +13,18 @@ from typing import Any
 
 import click
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 import db
-from api.config import ConfigError, Settings
+from api.config import Settings
 from db import edition, errors, keys, migrate
 from db.schema import API_KEY_ROLES
 from jobs import engine as embedded
+from jobs.alerts import alerts_group
+from jobs.cli_support import cli_engine, emit, load_settings
+from jobs.demo import demo_group
+from jobs.ops_cli import jobs_group, policies_group
+from jobs.simulator import simulate_command
 
 
 class _Context:
@@ -32,18 +36,11 @@ class _Context:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
-            try:
-                self._settings = Settings.from_env()
-            except ConfigError as exc:
-                raise click.ClickException(f"configuration: {exc}") from None
+            self._settings = load_settings()
         return self._settings
 
 
 pass_ctx = click.make_pass_decorator(_Context, ensure=True)
-
-
-def _emit(as_json: bool, data: dict[str, Any], human: str) -> None:
-    click.echo(json.dumps(data, default=str, indent=2) if as_json else human)
 
 
 @click.group()
@@ -87,7 +84,7 @@ def engine_start(ctx: _Context, as_json: bool, timeout: float) -> None:
         st = embedded.start(cfg, timeout=timeout)
     except embedded.EngineError as exc:
         raise click.ClickException(str(exc)) from None
-    _emit(as_json, st.as_dict(), _exports(cfg.database_url.replace("postgresql+psycopg", "postgresql")))
+    emit(as_json, st.as_dict(), _exports(cfg.database_url.replace("postgresql+psycopg", "postgresql")))
 
 
 @engine_group.command("stop")
@@ -99,7 +96,7 @@ def engine_stop(ctx: _Context, as_json: bool) -> None:
         stopped = embedded.stop(_engine_config(ctx.settings))
     except embedded.EngineError as exc:
         raise click.ClickException(str(exc)) from None
-    _emit(as_json, {"stopped": stopped}, "stopped" if stopped else "not running")
+    emit(as_json, {"stopped": stopped}, "stopped" if stopped else "not running")
 
 
 @engine_group.command("status")
@@ -117,7 +114,7 @@ def engine_status(ctx: _Context, as_json: bool) -> None:
         )
     else:
         human = "not running"
-    _emit(as_json, st.as_dict(), human)
+    emit(as_json, st.as_dict(), human)
     if not st.running:
         sys.exit(3)
 
@@ -150,8 +147,7 @@ def db_group() -> None:
     """Schema migrations (Alembic) and the database's edition."""
 
 
-def _schema_engine(settings: Settings) -> Engine:
-    return db.make_engine(settings.database_url, pool_size=0, connect_timeout=settings.db_connect_timeout)
+_schema_engine = cli_engine
 
 
 @db_group.command("upgrade")
@@ -190,7 +186,7 @@ def db_current(ctx: _Context, as_json: bool) -> None:
         f"{' (embedded engine)' if info.embedded else ''} on PostgreSQL {info.server_version}\n"
         f"continuous aggregates: {', '.join(info.continuous_aggregates) or 'none (Apache: plain views over raw)'}"
     )
-    _emit(as_json, data, human)
+    emit(as_json, data, human)
 
 
 @db_group.command("check")
@@ -245,7 +241,7 @@ def keys_create(ctx: _Context, name: str, role: str, device_id: str | None, as_j
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        _emit(True, {**_key_data(key), "key": plaintext}, "")
+        emit(True, {**_key_data(key), "key": plaintext}, "")
         return
     bound = f" bound to device {key.device_id}" if key.device_id else ""
     click.echo(f"created API key {key.id}: role {key.role}{bound}, name {key.name!r}", err=True)
@@ -262,7 +258,7 @@ def keys_list(ctx: _Context, as_json: bool) -> None:
         found = keys.list_keys(conn)
     header = f"{'id':>5}  {'prefix':<14}  {'role':<24}  {'state':<24}  name"
     human = "\n".join([header, *map(_key_line, found)]) if found else "no API keys"
-    _emit(as_json, {"keys": [_key_data(k) for k in found]}, human)
+    emit(as_json, {"keys": [_key_data(k) for k in found]}, human)
 
 
 @keys_group.command("revoke")
@@ -277,7 +273,15 @@ def keys_revoke(ctx: _Context, key_id: int, as_json: bool) -> None:
         f"revoked API key {key.id} ({key.key_prefix}..., {key.name}); API processes refuse it within"
         f" {ctx.settings.key_cache_seconds:g} s"
     )
-    _emit(as_json, _key_data(key), human)
+    emit(as_json, _key_data(key), human)
+
+
+main.add_command(alerts_group)
+main.add_command(demo_group)
+main.add_command(simulate_command)
+
+main.add_command(policies_group)
+main.add_command(jobs_group)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ PLATFORM_TABLES = (
     "vehicle_meter_mapping",
     "api_keys",
     "alerts",
+    "job_runs",
 )
 
 

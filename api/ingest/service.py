@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 import db
+from api import metrics
 from db import readings
 from db.readings import MeterReading, VehicleReading
 
@@ -23,10 +24,12 @@ def ingest(engine: Engine, batch: list[MeterReading | VehicleReading]) -> Ingest
     meters = [r for r in batch if isinstance(r, MeterReading)]
     vehicles = [r for r in batch if isinstance(r, VehicleReading)]
     with db.transaction(engine) as conn:
-        stored = (
-            readings.insert_meter_readings(conn, meters).stored
-            + readings.insert_vehicle_readings(conn, vehicles).stored
-        )
+        meters_stored = readings.insert_meter_readings(conn, meters).stored
+        vehicles_stored = readings.insert_vehicle_readings(conn, vehicles).stored
+    # Counted once committed: a batch that rolled back stored nothing.
+    metrics.record_ingest("meter", stored=meters_stored, duplicates=len(meters) - meters_stored)
+    metrics.record_ingest("vehicle", stored=vehicles_stored, duplicates=len(vehicles) - vehicles_stored)
+    stored = meters_stored + vehicles_stored
     return IngestResult(received=len(batch), stored=stored, duplicates=len(batch) - stored)
 
 

@@ -2,65 +2,25 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime, timedelta
 
-import port_for
 import pytest
 import sqlalchemy as sa
 
 from db import keys
-
-
-def _request(url: str, body: object | None = None, timeout: float = 10.0, key: str = "") -> tuple[int, dict]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", "X-API-Key": key})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+from tests.integration.gunicorn_server import gunicorn, http
 
 
 @pytest.fixture
 def gunicorn_url(clean_db, tmp_path):
-    port = port_for.select_random()
-    env = {
-        **os.environ,
-        "DATABASE_URL": clean_db.url.render_as_string(hide_password=False),
-        "FLEET_DB_POOL_SIZE": "4",
-    }
-    log = (tmp_path / "gunicorn.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "2"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if _request(url + "/ready", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
-            assert time.monotonic() < deadline, "gunicorn did not become ready"
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
+    env = {"DATABASE_URL": clean_db.url.render_as_string(hide_password=False), "FLEET_DB_POOL_SIZE": "4"}
+    with gunicorn(env, tmp_path / "gunicorn.log", workers=2, threads=2) as server:
+        yield server.url
+
+
+def _request(url: str, body: object | None = None, key: str = "") -> tuple[int, dict]:
+    reply = http(url, body, key=key)
+    return reply.status, reply.json()
 
 
 @pytest.mark.native

@@ -51,7 +51,7 @@ def upgrade() -> None:
     op.create_index(
         "alerts_one_open_per_device_and_kind",
         "alerts",
-        ["kind", "device_id"],
+        ["kind", "device_type", "device_id"],
         unique=True,
         postgresql_where=sa.text("resolved_at IS NULL"),
     )

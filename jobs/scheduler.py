@@ -1,0 +1,338 @@
+"""`fleet jobs run`: the scheduler for the work the database cannot schedule itself.
+
+Jobs (plain functions over an Engine, each safe to re-run, each returning a stats dataclass that is logged and
+kept in `job_runs.stats`):
+- `retention` (Apache edition, no retention policy there): jobs.retention.run_retention, drop_chunks;
+- `timescaledb_job_<id>` (Community edition without TimescaleDB background workers, i.e. the embedded engine):
+  each scheduled TimescaleDB job (refresh, compression and retention policies) through `CALL run_job(id)`, on
+  its own `schedule_interval`. Where background workers exist TimescaleDB runs them and we never do;
+- `alerts` (everywhere): alert evaluation, `jobs.alerts.scan_alerts(engine, settings)`;
+- `checkpoint` (embedded engine only: it has no checkpointer process): `CHECKPOINT`.
+
+Concurrency invariant: any number of schedulers may run against one database (two `fleet jobs run` copies on
+two hosts, or a crashed one being restarted); each due time of each job is run by exactly one of them, and on
+a real PostgreSQL server never by two at once. Two mechanisms, because the engines differ:
+- every run is claimed first with a conditional UPDATE of the job's `job_runs` row (db/job_runs.py): due
+  (last start at least `every` ago) and not leased by another scheduler. The row lock (native) or the single
+  connection (embedded) serialises claims, so one claimer wins each due time; the claim also sets a lease;
+- on a real server the runner additionally holds a session advisory lock for the job on a connection of its own
+  for the whole run (`pg_try_advisory_lock(hashtext('fleet-jobs'), hashtext(job))`): a run that outlives its
+  lease still excludes every other runner, and a scheduler that dies releases the lock with its connection, so
+  its job is taken over at once instead of after the lease. The embedded engine serves one connection at a time
+  and releases advisory locks when a client disconnects: a held lock connection would lock every other client
+  (the job itself included) out, so there the lease alone excludes (FLEET_JOBS_LEASE_SECONDS).
+Due times are judged by the database's clock, never a scheduler's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, is_dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+import db
+from api.config import Settings
+from db import edition, job_runs, policies
+from jobs.retention import run_retention
+
+logger = logging.getLogger(__name__)
+
+#: Module that evaluates alerts (`scan_alerts(engine, settings)`); imported only when the alerts job runs.
+ALERTS_MODULE = "jobs.alerts"
+#: TimescaleDB's own housekeeping jobs have ids below 1000; policies and user jobs start at 1000.
+FIRST_USER_JOB_ID = 1000
+
+JobFn = Callable[[Engine], Any]
+Status = Literal["succeeded", "failed", "not_due", "busy"]
+
+_TIMESCALEDB_JOBS = sa.text(
+    "SELECT job_id, proc_name, hypertable_name, schedule_interval FROM timescaledb_information.jobs"
+    " WHERE scheduled AND job_id >= :first ORDER BY job_id"
+)
+_RUN_JOB = sa.text("CALL run_job(:job_id)")
+_CHECKPOINT = sa.text("CHECKPOINT")
+_TRY_LOCK = sa.text("SELECT pg_try_advisory_lock(hashtext('fleet-jobs'), hashtext(:name))")
+_UNLOCK = sa.text("SELECT pg_advisory_unlock(hashtext('fleet-jobs'), hashtext(:name))")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job the scheduler runs every `every`."""
+
+    name: str
+    every: timedelta
+    run: JobFn
+    description: str
+
+
+@dataclass(frozen=True)
+class TimescaleJobStats:
+    """One `CALL run_job(id)` of a TimescaleDB policy."""
+
+    job_id: int
+    proc_name: str
+    relation: str | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CheckpointStats:
+    """One CHECKPOINT of the embedded engine."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one tick did (or did not do) with one job."""
+
+    job: str
+    description: str
+    status: Status
+    started_at: datetime | None = None
+    seconds: float | None = None
+    next_run: datetime | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return policies.as_jsonable(asdict(self))
+
+
+class JobUnavailable(RuntimeError):
+    """The code a job needs is not installed."""
+
+
+def _stats_dict(stats: Any) -> dict[str, Any]:
+    if stats is None:
+        return {}
+    if is_dataclass(stats) and not isinstance(stats, type):
+        return policies.as_jsonable(asdict(stats))
+    return {"result": policies.as_jsonable(stats)}
+
+
+def _autocommit(engine: Engine, statement: sa.TextClause, params: dict[str, Any] | None = None) -> float:
+    # run_job (a refresh policy) and CHECKPOINT cannot run inside a transaction block.
+    t0 = time.monotonic()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(statement, params or {})
+    return time.monotonic() - t0
+
+
+def run_timescaledb_job(engine: Engine, job_id: int, proc_name: str, relation: str | None) -> TimescaleJobStats:
+    """Run TimescaleDB job `job_id` now, in this process (`CALL run_job`)."""
+    seconds = _autocommit(engine, _RUN_JOB, {"job_id": job_id})
+    return TimescaleJobStats(job_id=job_id, proc_name=proc_name, relation=relation, seconds=round(seconds, 3))
+
+
+def run_checkpoint(engine: Engine) -> CheckpointStats:
+    """Flush the embedded engine's WAL into its data files (it has no checkpointer of its own)."""
+    return CheckpointStats(seconds=round(_autocommit(engine, _CHECKPOINT), 3))
+
+
+def run_alerts(engine: Engine, settings: Settings) -> Any:
+    """Evaluate alerts with jobs.alerts.scan_alerts (imported here, lazily)."""
+    # Lazy on purpose: alert evaluation is its own module (and its own work); the scheduler must start, and
+    # run every other job, whatever happens to that import.
+    try:
+        from jobs.alerts import scan_alerts
+    except ModuleNotFoundError as exc:
+        if exc.name != ALERTS_MODULE:
+            raise
+        raise JobUnavailable(f"{ALERTS_MODULE} is not installed: alert evaluation cannot run") from None
+    return scan_alerts(engine, settings)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The jobs this database needs from us, and how runs are excluded on it."""
+
+    info: edition.EditionInfo
+    jobs: tuple[Job, ...]
+    #: A real server: per-job session advisory locks on a dedicated connection (see the module docstring).
+    session_locks: bool
+    #: Community without background workers: we run TimescaleDB's policy jobs.
+    runs_timescaledb_jobs: bool
+
+
+def plan_jobs(engine: Engine, settings: Settings) -> Plan:
+    """Which jobs to run on this database, with their intervals (read fresh: policies may have changed)."""
+    with engine.connect() as conn:
+        info = edition.describe(conn)
+        runs_policies = info.community and not policies.timescaledb_runs_policies(conn, info)
+        rows = conn.execute(_TIMESCALEDB_JOBS, {"first": FIRST_USER_JOB_ID}).all() if runs_policies else []
+    jobs: list[Job] = []
+    for r in rows:
+        jobs.append(
+            Job(
+                name=job_runs.timescaledb_job_name(r.job_id),
+                every=r.schedule_interval,
+                run=lambda eng, r=r: run_timescaledb_job(eng, r.job_id, r.proc_name, r.hypertable_name),
+                description=f"{r.proc_name} on {r.hypertable_name}" if r.hypertable_name else r.proc_name,
+            )
+        )
+    if not info.community:
+        jobs.append(
+            Job(
+                "retention",
+                timedelta(seconds=settings.jobs_retention_every_seconds),
+                run_retention,
+                "drop expired raw chunks (Apache edition: no retention policy)",
+            )
+        )
+    jobs.append(
+        Job(
+            "alerts",
+            timedelta(seconds=settings.jobs_alerts_every_seconds),
+            lambda eng: run_alerts(eng, settings),
+            "evaluate alerts",
+        )
+    )
+    if info.embedded:
+        jobs.append(
+            Job(
+                "checkpoint",
+                timedelta(seconds=settings.jobs_checkpoint_every_seconds),
+                run_checkpoint,
+                "CHECKPOINT (the embedded engine has no checkpointer)",
+            )
+        )
+    return Plan(info=info, jobs=tuple(jobs), session_locks=not info.embedded, runs_timescaledb_jobs=runs_policies)
+
+
+def default_holder() -> str:
+    """host:pid:random, so the record says which scheduler ran a job, and two in one process differ."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Scheduler:
+    """Runs due jobs; `tick()` once, or `run_forever()` until stopped. Safe to run in several copies."""
+
+    def __init__(self, engine: Engine, settings: Settings, *, holder: str | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.holder = holder or default_holder()
+        self.lease = timedelta(seconds=settings.jobs_lease_seconds)
+
+    def tick(self, stop: threading.Event | None = None) -> list[Outcome]:
+        """Run every job that is due now, one after another; report on every job."""
+        plan = plan_jobs(self.engine, self.settings)
+        names = [j.name for j in plan.jobs]
+        with db.transaction(self.engine) as conn:
+            job_runs.ensure_jobs(conn, names)
+            runs = job_runs.get_runs(conn, names)
+            now = job_runs.db_now(conn)
+        outcomes = []
+        for job in plan.jobs:
+            run = runs.get(job.name)
+            if stop is not None and stop.is_set():
+                break
+            if not job_runs.is_due(run, job.every, now):
+                assert run is not None and run.started_at is not None
+                outcomes.append(Outcome(job.name, job.description, "not_due", next_run=run.started_at + job.every))
+                continue
+            outcomes.append(self._run_one(job, plan.session_locks))
+        return outcomes
+
+    def run_forever(self, stop: threading.Event, report: Callable[[list[Outcome]], None] | None = None) -> None:
+        """Tick every FLEET_JOBS_TICK_SECONDS until `stop` is set; a database outage is logged and outlived."""
+        logger.info(
+            "scheduler %s started; looking for due jobs every %gs", self.holder, self.settings.jobs_tick_seconds
+        )
+        while not stop.is_set():
+            try:
+                outcomes = self.tick(stop)
+            except SQLAlchemyError as exc:
+                logger.warning(
+                    "scheduler: database unavailable (%s); retrying in %gs",
+                    exc.__cause__ or exc,
+                    self.settings.jobs_tick_seconds,
+                )
+                outcomes = []
+            if report is not None:
+                report(outcomes)
+            stop.wait(self.settings.jobs_tick_seconds)
+        logger.info("scheduler %s stopped", self.holder)
+
+    @contextmanager
+    def _session_lock(self, name: str) -> Iterator[bool]:
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            got = bool(conn.execute(_TRY_LOCK, {"name": name}).scalar_one())
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(_UNLOCK, {"name": name})
+        finally:
+            conn.close()  # a lock left behind by an error goes with the connection
+
+    def _run_one(self, job: Job, session_locks: bool) -> Outcome:
+        lock = self._session_lock(job.name) if session_locks else _held()
+        with lock as got:
+            if not got:
+                return Outcome(job.name, job.description, "busy", error="running in another scheduler")
+            with db.transaction(self.engine) as conn:
+                claim = job_runs.claim_run(
+                    conn, job.name, self.holder, every=job.every, lease=self.lease, exclusive=session_locks
+                )
+            if claim is None:
+                return Outcome(
+                    job.name, job.description, "busy", error="claimed by another scheduler for this due time"
+                )
+            return self._execute(job, claim)
+
+    def _execute(self, job: Job, claim: job_runs.Claim) -> Outcome:
+        t0 = time.monotonic()
+        try:
+            stats = _stats_dict(job.run(self.engine))
+        except Exception as exc:
+            seconds = time.monotonic() - t0
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            traceback = not isinstance(exc, JobUnavailable)
+            logger.error("job %s failed after %.2fs: %s", job.name, seconds, error, exc_info=traceback)
+            self._finish(claim, ok=False, error=error, stats={})
+            return Outcome(job.name, job.description, "failed", claim.started_at, round(seconds, 3), error=error)
+        except BaseException:
+            self._finish(claim, ok=False, error="interrupted: the scheduler was stopped during the run", stats={})
+            raise
+        seconds = time.monotonic() - t0
+        logger.info("job %s succeeded in %.2fs: %s", job.name, seconds, stats)
+        self._finish(claim, ok=True, error=None, stats=stats)
+        return Outcome(
+            job.name,
+            job.description,
+            "succeeded",
+            claim.started_at,
+            round(seconds, 3),
+            next_run=claim.started_at + job.every,
+            stats=stats,
+        )
+
+    def _finish(self, claim: job_runs.Claim, *, ok: bool, error: str | None, stats: dict[str, Any]) -> None:
+        try:
+            with db.transaction(self.engine) as conn:
+                recorded = job_runs.finish_run(conn, claim, ok=ok, error=error, stats=stats)
+        except SQLAlchemyError as exc:
+            logger.warning("job %s: could not record its outcome: %s", claim.job_name, exc.__cause__ or exc)
+            return
+        if not recorded:
+            logger.warning("job %s: lease expired during the run; another scheduler took it over", claim.job_name)
+
+
+@contextmanager
+def _held() -> Iterator[bool]:
+    yield True
