@@ -11,8 +11,13 @@ from api.config import Settings
 from api.problems import ProblemApi
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
-    """Application factory; tests pass their own settings and engine."""
+def create_app(
+    settings: Settings | None = None, engine: Engine | None = None, read_engine: Engine | None = None
+) -> Flask:
+    """Application factory; tests pass their own settings and engines.
+
+    Two engines: "fleet.db" (the primary: writes, key lookups, mappings, readiness) and "fleet.db_read" (status,
+    listings, analytics, alerts): a replica's when DATABASE_READ_URL is set, else the same engine."""
     settings = settings or Settings.from_env()
     logging_setup.configure_logging(settings.log_level)  # once per process: gunicorn's master already did
     app = Flask(__name__)
@@ -31,6 +36,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         pool_timeout=settings.db_pool_timeout,
         connect_timeout=settings.db_connect_timeout,
     )
+    if read_engine is None and settings.database_read_url:
+        read_engine = db.make_engine(
+            settings.database_read_url,
+            pool_size=settings.db_pool_size,
+            pool_timeout=settings.db_pool_timeout,
+            connect_timeout=settings.db_connect_timeout,
+            read_only=True,
+        )
+    app.extensions["fleet.db_read"] = read_engine or app.extensions["fleet.db"]
     docs.configure(app)
     logging_setup.init_app(app)  # X-Request-ID on every request, response and log line
     problems.init_app(app)

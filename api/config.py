@@ -153,14 +153,25 @@ def _database_url(raw: str) -> str:
 #: PostgreSQL/TimescaleDB URL. Unset: the embedded engine at FLEET_ENGINE_HOST:FLEET_ENGINE_PORT.
 #: TLS to the database is configured in the URL itself (e.g. ``?sslmode=verify-full&sslrootcert=...``).
 DATABASE_URL = EnvVar("DATABASE_URL", _database_url, None)
+#: Optional PostgreSQL URL of a streaming replica (hot standby) of DATABASE_URL. Set: device status, device
+#: listings, analytics and alerts are read there (a second pool of FLEET_DB_POOL_SIZE connections per process,
+#: each in read-only mode, so a write sent there fails even if the URL names a primary); ingest, mappings, API
+#: key lookups (a revoked key must stop working at once, not after the replica catches up), /ready and the CLI
+#: stay on DATABASE_URL. Reads lag the primary by the replica's replay delay. Unset: everything on DATABASE_URL.
+DATABASE_READ_URL = EnvVar("DATABASE_READ_URL", _database_url, None)
 #: Connections kept per process. 0 opens a connection per unit of work and closes it afterwards, which is
 #: what the embedded engine wants: it serves one connection at a time, and an idle pooled connection would
 #: lock every other client (CLI, migrations, analysts) out.
 FLEET_DB_POOL_SIZE = EnvVar("FLEET_DB_POOL_SIZE", _positive_int, 5)
 #: Seconds to wait for a pooled connection (and for the embedded engine's single connection slot).
 FLEET_DB_POOL_TIMEOUT = EnvVar("FLEET_DB_POOL_TIMEOUT", float, 30.0)
-#: Seconds to wait for the database to accept a connection. The embedded engine queues clients for up to 60 s.
-FLEET_DB_CONNECT_TIMEOUT = EnvVar("FLEET_DB_CONNECT_TIMEOUT", _positive_int, 60)
+#: Seconds to wait for the database to accept a connection; 0 waits forever. Unset: 3 s for a pooled engine
+#: (FLEET_DB_POOL_SIZE > 0: a PostgreSQL server, where a connect takes milliseconds and a longer one means the
+#: server is unreachable: a request then gets its 503 within this bound instead of holding a worker thread
+#: for a minute), 60 s for an engine that connects per unit of work (FLEET_DB_POOL_SIZE=0, and the CLI: the
+#: embedded engine queues its clients for up to 60 s). A pooled engine also fails fast while the database is
+#: down: after a failed connect, one thread at a time tries again and the others get their 503 at once.
+FLEET_DB_CONNECT_TIMEOUT = EnvVar("FLEET_DB_CONNECT_TIMEOUT", _positive_int, None)
 #: Where the embedded engine keeps its data, log and state file.
 FLEET_ENGINE_DIR = EnvVar("FLEET_ENGINE_DIR", Path, Path("var/engine"))
 #: Loopback address the embedded engine listens on (it has no authentication: keep it on loopback).
@@ -242,9 +253,10 @@ class Settings:
     """Everything the platform reads from its environment, parsed and checked."""
 
     database_url: str
+    database_read_url: str | None  # None: reads go to database_url
     db_pool_size: int
     db_pool_timeout: float
-    db_connect_timeout: int
+    db_connect_timeout: int | None  # None: make_engine's default for the kind of engine
     engine_dir: Path
     engine_host: str
     engine_port: int
@@ -282,9 +294,10 @@ class Settings:
         health_port = FLEET_ENGINE_HEALTH_PORT.read(env) or engine_port + 1
         return cls(
             database_url=DATABASE_URL.read(env) or embedded_database_url(engine_host, engine_port),
+            database_read_url=DATABASE_READ_URL.read(env),
             db_pool_size=_required(FLEET_DB_POOL_SIZE, env),
             db_pool_timeout=_required(FLEET_DB_POOL_TIMEOUT, env),
-            db_connect_timeout=_required(FLEET_DB_CONNECT_TIMEOUT, env),
+            db_connect_timeout=FLEET_DB_CONNECT_TIMEOUT.read(env),
             engine_dir=_required(FLEET_ENGINE_DIR, env),
             engine_host=engine_host,
             engine_port=engine_port,

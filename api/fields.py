@@ -18,3 +18,13 @@ def printable_id(value: str) -> None:
 def device_id(**kwargs: Any) -> ma.fields.String:
     """A meter or vehicle id: 1..DEVICE_ID_MAX_LENGTH printable characters, no spaces."""
     return ma.fields.String(validate=[ma.validate.Length(1, DEVICE_ID_MAX_LENGTH), printable_id], **kwargs)
+
+
+class AwareDateTime(ma.fields.AwareDateTime):
+    """ISO 8601 with an offset, as marshmallow's; a string with a control character is not one, although
+    CPython's datetime.fromisoformat skips a NUL before the offset ('2026-01-01T00:00:00\\x00+05:00')."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and not value.isprintable():
+            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE)
+        return super()._deserialize(value, attr, data, **kwargs)

@@ -6,12 +6,15 @@ field errors), domain errors from db/, and database outages (503, so clients ret
 
 from __future__ import annotations
 
+import http
 import logging
 from typing import Any
 
 import marshmallow as ma
 from flask import Flask
 from flask_smorest import Api
+from flask_smorest.pagination import PaginationMetadataSchema
+from flask_smorest.utils import prepare_response
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
@@ -38,9 +41,34 @@ class ProblemSchema(ma.Schema):
 
 
 class ProblemApi(Api):
-    """flask-smorest Api whose error responses are problem documents."""
+    """flask-smorest Api whose error responses are problem documents, and documented as such."""
 
     ERROR_SCHEMA = ProblemSchema
+
+    def _register_responses(self) -> None:
+        # flask-smorest documents its error responses (UNAUTHORIZED, NOT_FOUND..., DEFAULT_ERROR) as
+        # application/json; they are served as application/problem+json.
+        for status in http.HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if not (100 <= status < 200) and status not in (204, 304):
+                response["schema"] = self.ERROR_SCHEMA
+            prepare_response(response, self.spec, PROBLEM_JSON)
+            self.spec.components.response(status.name, response, lazy=True)
+        response = {"description": "Default error response", "schema": self.ERROR_SCHEMA}
+        prepare_response(response, self.spec, PROBLEM_JSON)
+        self.spec.components.response(self.DEFAULT_ERROR_RESPONSE_NAME, response, lazy=True)
+
+    def _register_pagination_header(self) -> None:
+        # X-Pagination is a JSON object: OpenAPI 3 says so with `content`. flask-smorest's `schema` would mean
+        # the `simple` style (total,3,total_pages,1), which is not what is sent.
+        self.spec.components.header(
+            "PAGINATION",
+            {
+                "description": "Pagination metadata, a JSON object",
+                "content": {"application/json": {"schema": PaginationMetadataSchema}},
+            },
+            lazy=True,
+        )
 
     def handle_http_exception(self, error: HTTPException) -> Any:
         payload, code, headers = self._payload(error)
@@ -58,8 +86,10 @@ class ProblemApi(Api):
         errors_ = data.get("errors") or data.get("messages")
         if errors_:
             body["errors"] = errors_
+        # The exception's own headers first (405's Allow, required by RFC 9110), but never its text/html type;
         # webargs passes headers=None when a validation error carries no headers.
-        headers = {"Content-Type": PROBLEM_JSON, **(data.get("headers") or {})}
+        own = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+        headers = {**own, "Content-Type": PROBLEM_JSON, **(data.get("headers") or {})}
         if code >= 500 and code != 503:
             logger.error("unhandled error", exc_info=getattr(error, "original_exception", None))
         return body, code, headers
@@ -75,13 +105,14 @@ def init_app(app: Flask) -> None:
         return _problem(409, "Conflict", str(exc))
 
     def database_unavailable(exc: Exception) -> Any:
-        # Connection refused, pool exhausted, server restarting: nothing was stored; retrying is safe
-        # (ingest is idempotent).
+        # Connection refused or timed out, pool exhausted, server restarting. Usually nothing was stored, but a
+        # connection lost while COMMIT was on its way leaves the outcome unknown, so the answer does not claim
+        # it: the client retries, and ingest is idempotent (a reading already stored counts as a duplicate).
         logger.warning("database unavailable: %s", type(getattr(exc, "orig", None) or exc).__name__)
         return _problem(
             ServiceUnavailable.code,
             "Service Unavailable",
-            "the database is unavailable; nothing was stored, retry later",
+            "the database is unavailable; retry later (a retried reading is stored once)",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
 

@@ -2,27 +2,108 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
+#: Default connect timeouts, seconds. Pooled: a PostgreSQL server answers a connect in milliseconds, and pooled
+#: connections are made rarely (at start, after an outage), so a connect still waiting after a few seconds means
+#: the server is unreachable: give up and let the request fail fast (a 503 the device retries). Per unit of work:
+#: the embedded engine serves one connection at a time and queues the others for up to 60 s.
+POOLED_CONNECT_TIMEOUT_S = 3
+UNPOOLED_CONNECT_TIMEOUT_S = 60
+#: Pooled engines: after a failed connect, seconds during which further connects fail at once (see _FailFast).
+FAIL_FAST_PAUSE_S = 1.0
 
-def make_engine(url: str, *, pool_size: int = 5, pool_timeout: float = 30.0, connect_timeout: int = 60) -> Engine:
-    """An Engine for `url`; pool_size 0 connects per unit of work (what the one-slot embedded engine needs)."""
+
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    pool_timeout: float = 30.0,
+    connect_timeout: int | None = None,
+    read_only: bool = False,
+) -> Engine:
+    """An Engine for `url`; pool_size 0 connects per unit of work (what the one-slot embedded engine needs).
+
+    The URL reaches libpq unchanged: TLS (`?sslmode=verify-full&sslrootcert=...&sslcert=...&sslkey=...`) and any
+    other connection parameter are set there. `read_only` makes every session of this engine read-only, for the
+    engine that reads from a replica (DATABASE_READ_URL). `connect_timeout` None: POOLED_CONNECT_TIMEOUT_S with a
+    pool, UNPOOLED_CONNECT_TIMEOUT_S without; 0 waits forever."""
+    if connect_timeout is None:
+        connect_timeout = POOLED_CONNECT_TIMEOUT_S if pool_size else UNPOOLED_CONNECT_TIMEOUT_S
     connect_args = {"connect_timeout": connect_timeout, "application_name": "fleet"}
     if pool_size == 0:
-        return sa.create_engine(url, poolclass=NullPool, connect_args=connect_args)
-    return sa.create_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_timeout=pool_timeout,
-        pool_pre_ping=True,
-        connect_args=connect_args,
-    )
+        engine = sa.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    else:
+        engine = sa.create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=pool_timeout,
+            pool_pre_ping=True,
+            connect_args=connect_args,
+        )
+        event.listen(engine, "do_connect", _FailFast(pause=FAIL_FAST_PAUSE_S))
+    if read_only:
+        event.listen(engine, "connect", _set_read_only)
+    return engine
+
+
+class _FailFast:
+    """Connects of a pooled engine while its database is down: one try at a time, the others fail at once.
+
+    While connects succeed, threads connect concurrently. Once one fails (refused, timed out), the database is
+    down for this process: for the next `pause` seconds, and while a retry is in flight, every connect fails at
+    once with an OperationalError (a 503), instead of each holding a worker thread for up to the connect timeout
+    (and a request queued behind that thread as long again) while the server is unreachable. After the pause,
+    one thread tries again; the first successful connect ends it. A `do_connect` handler making the connection.
+    """
+
+    def __init__(self, pause: float = 1.0) -> None:
+        self.pause = pause
+        self._lock = threading.Lock()
+        self._failed_at: float | None = None  # time.monotonic() of the last failed connect; None: up
+        self._trying = False
+
+    def __call__(self, dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        with self._lock:
+            failed_at = self._failed_at
+            retry = failed_at is not None
+            if failed_at is not None and (self._trying or time.monotonic() - failed_at < self.pause):
+                raise dialect.loaded_dbapi.OperationalError("the database is unreachable: the last connect failed")
+            if retry:
+                self._trying = True
+        try:
+            connection = dialect.connect(*cargs, **cparams)
+        except Exception:
+            with self._lock:
+                self._failed_at = time.monotonic()
+            raise
+        else:
+            with self._lock:
+                self._failed_at = None
+            return connection
+        finally:
+            if retry:
+                with self._lock:
+                    self._trying = False
+
+
+def _set_read_only(dbapi_connection: Any, _record: Any) -> None:
+    # A write sent through this engine fails ("cannot execute INSERT in a read-only transaction") even when its
+    # URL names a primary (a promoted replica, a copy-paste mistake): the read engine can only read. A session
+    # setting, not a connection parameter, so an `options` parameter in the URL is left alone.
+    with dbapi_connection.cursor() as cur:
+        cur.execute("SET default_transaction_read_only = on")
+    dbapi_connection.commit()
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from db import edition, errors, keys, migrate
 from db.schema import API_KEY_ROLES
 from jobs import engine as embedded
 from jobs.alerts import alerts_group
+from jobs.analyst_cli import analyst_group
 from jobs.cli_support import cli_engine, emit, load_settings
 from jobs.demo import demo_group
 from jobs.ops_cli import jobs_group, policies_group
@@ -277,6 +278,7 @@ def keys_revoke(ctx: _Context, key_id: int, as_json: bool) -> None:
 
 
 main.add_command(alerts_group)
+main.add_command(analyst_group)
 main.add_command(demo_group)
 main.add_command(simulate_command)
 

@@ -1,10 +1,10 @@
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from api.alerts import service
 from api.alerts.schemas import AlertQueryArgsSchema, AlertSchema
 from api.auth import require_role
+from api.blueprint import Blueprint
 from api.devices.views import MAX_PAGE_SIZE, PAGE_SIZE
 
 blp = Blueprint(
@@ -26,6 +26,6 @@ class Alerts(MethodView):
         """Alerts, newest opened first (default: the open ones); one page (totals in the X-Pagination header)."""
         page = pagination_parameters
         rows, page.item_count = service.list_alerts(
-            current_app.extensions["fleet.db"], args, page.page_size, page.first_item
+            current_app.extensions["fleet.db_read"], args, page.page_size, page.first_item
         )
         return rows

@@ -1,10 +1,10 @@
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from api.analytics import service
 from api.analytics.schemas import FleetQueryArgsSchema, FleetVehicleSchema, PerformanceSchema, WindowQueryArgsSchema
 from api.auth import require_role
+from api.blueprint import Blueprint
 
 #: Fleet listing page sizes: the default, and the most one request may ask for.
 PAGE_SIZE = 100
@@ -30,7 +30,7 @@ class VehiclePerformance(MethodView):
         Each hour's AC is that of the meter mapped to the vehicle at the start of the hour; readings are summed
         per hour, never paired by timestamp. `correlation` shows how well the two clocks agree.
         """
-        return service.vehicle_performance(current_app.extensions["fleet.db"], vehicle_id, args["window"])
+        return service.vehicle_performance(current_app.extensions["fleet.db_read"], vehicle_id, args["window"])
 
 
 @blp.route("/fleet")
@@ -44,7 +44,7 @@ class FleetPerformance(MethodView):
         page = pagination_parameters
         settings = current_app.extensions["fleet.settings"]
         rows, page.item_count = service.fleet_performance(
-            current_app.extensions["fleet.db"],
+            current_app.extensions["fleet.db_read"],
             args["window"],
             sort=args["sort"],
             below_threshold=args["below_threshold"],

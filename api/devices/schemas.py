@@ -7,14 +7,14 @@ from typing import Any
 
 import marshmallow as ma
 
-from api.fields import device_id
+from api.fields import AwareDateTime, device_id
 
 #: Longest silence a listing can ask about (10 years, in minutes): far beyond any retention, and small
 #: enough that the interval cannot overflow.
 MAX_SILENT_MINUTES = 10 * 366 * 24 * 60
 
 
-class UtcDateTime(ma.fields.AwareDateTime):
+class UtcDateTime(AwareDateTime):
     """ISO 8601 datetime with an offset; accepted only timezone-aware, always written in UTC (the engines'
     session time zones differ, the API's output must not)."""
 

@@ -1,8 +1,8 @@
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from api.auth import require_role
+from api.blueprint import Blueprint
 from api.devices import service
 from api.devices.schemas import MeterQueryArgsSchema, MeterStatusSchema, VehicleQueryArgsSchema, VehicleStatusSchema
 
@@ -25,7 +25,7 @@ class Meters(MethodView):
         """Meters ordered by id, filtered; one page (totals in the X-Pagination header)."""
         page = pagination_parameters
         rows, page.item_count = service.list_meters(
-            current_app.extensions["fleet.db"], args, page.page_size, page.first_item
+            current_app.extensions["fleet.db_read"], args, page.page_size, page.first_item
         )
         return rows
 
@@ -37,7 +37,7 @@ class MeterById(MethodView):
     @blp.alt_response(404, response="NOT_FOUND", description="The meter never reported")
     def get(self, meter_id):
         """Current status of one meter: its newest reading."""
-        return service.get_meter(current_app.extensions["fleet.db"], meter_id)
+        return service.get_meter(current_app.extensions["fleet.db_read"], meter_id)
 
 
 @blp.route("/vehicles")
@@ -50,7 +50,7 @@ class Vehicles(MethodView):
         """Vehicles ordered by id, filtered; one page (totals in the X-Pagination header)."""
         page = pagination_parameters
         rows, page.item_count = service.list_vehicles(
-            current_app.extensions["fleet.db"], args, page.page_size, page.first_item
+            current_app.extensions["fleet.db_read"], args, page.page_size, page.first_item
         )
         return rows
 
@@ -62,4 +62,4 @@ class VehicleById(MethodView):
     @blp.alt_response(404, response="NOT_FOUND", description="The vehicle never reported")
     def get(self, vehicle_id):
         """Current status of one vehicle: its newest reading."""
-        return service.get_vehicle(current_app.extensions["fleet.db"], vehicle_id)
+        return service.get_vehicle(current_app.extensions["fleet.db_read"], vehicle_id)

@@ -14,7 +14,7 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
-from api.fields import device_id
+from api.fields import AwareDateTime, device_id
 from db.readings import MeterReading, VehicleReading
 from db.schema import DEVICE_ID_MAX_LENGTH
 
@@ -58,8 +58,8 @@ def _device_id(description: str) -> ma.fields.String:
     )
 
 
-def _timestamp() -> ma.fields.AwareDateTime:
-    return ma.fields.AwareDateTime(
+def _timestamp() -> AwareDateTime:
+    return AwareDateTime(
         required=True,
         format="iso",
         metadata={"description": "When the reading was taken: ISO 8601 with a time zone"},
@@ -224,7 +224,7 @@ def _plain_id(value: Any) -> str:
 
 
 def _plain_timestamp(value: Any, earliest: datetime, latest: datetime) -> datetime:
-    if type(value) is not str:
+    if type(value) is not str or not value.isprintable():  # fromisoformat skips a NUL; api.fields.AwareDateTime not
         raise _NotPlainlyValid
     try:
         ts = datetime.fromisoformat(value)  # what marshmallow's "iso" format uses

@@ -1,4 +1,3 @@
-import json
 from dataclasses import asdict
 from datetime import timedelta
 
@@ -8,7 +7,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from api.auth import check_device_access, require_role
+from api.blueprint import loads_json, read_body
 from api.ingest import schemas, service
+from api.problems import PROBLEM_JSON, ProblemSchema
 
 blp = Blueprint("ingest", __name__, url_prefix="/v1/telemetry", description="Device readings")
 
@@ -22,6 +23,8 @@ _ITEM = {
         },
     },
 }
+#: Error answers are problem documents (documented with that content type, not flask-smorest's application/json).
+_PROBLEM = {"schema": ProblemSchema, "content_type": PROBLEM_JSON}
 INGEST_REQUEST_BODY = {
     "required": True,
     "content": {
@@ -36,9 +39,9 @@ def _parse_json_body():
     if request.mimetype != "application/json":
         abort(415, message="Content-Type must be application/json")
     try:
-        return json.loads(request.get_data(cache=False))
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-        abort(400, message=f"Malformed JSON: {type(exc).__name__}: {str(exc)[:200]}")
+        return loads_json(read_body(request, cache=False))
+    except ValueError as exc:  # malformed, not UTF-8, nested too deeply, duplicate keys
+        abort(400, message=f"Malformed JSON: {exc}")
 
 
 @blp.route("/ingest")
@@ -46,10 +49,12 @@ class Ingest(MethodView):
     @require_role("device")
     @blp.doc(requestBody=INGEST_REQUEST_BODY)
     @blp.response(200, schemas.IngestResultSchema)
-    @blp.alt_response(400, description="Malformed JSON")
-    @blp.alt_response(413, description="Body larger than FLEET_MAX_BODY_BYTES")
-    @blp.alt_response(415, description="Not application/json")
-    @blp.alt_response(422, description="Invalid readings: errors name each field (and item index in a batch)")
+    @blp.alt_response(400, description="Malformed JSON", **_PROBLEM)
+    @blp.alt_response(413, description="Body larger than FLEET_MAX_BODY_BYTES", **_PROBLEM)
+    @blp.alt_response(415, description="Not application/json", **_PROBLEM)
+    @blp.alt_response(
+        422, description="Invalid readings: errors name each field (and item index in a batch)", **_PROBLEM
+    )
     def post(self):
         """Store one reading or a batch (JSON array); retried readings are counted as duplicates, not stored twice."""
         settings = current_app.extensions["fleet.settings"]

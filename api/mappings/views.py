@@ -1,8 +1,8 @@
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from api.auth import require_role
+from api.blueprint import Blueprint
 from api.devices.views import MAX_PAGE_SIZE, PAGE_SIZE
 from api.mappings import service
 from api.mappings.schemas import MappingQueryArgsSchema, MappingSchema, NewMappingSchema
@@ -17,6 +17,9 @@ class Mappings(MethodView):
     @blp.response(201, MappingSchema)
     @blp.alt_response(200, schema=MappingSchema, success=True, description="Already mapped to this meter: no change")
     @blp.alt_response(409, response="CONFLICT", description="validFrom would rewrite the past")
+    @blp.alt_response(400, response="BAD_REQUEST", description="Malformed JSON")
+    @blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE", description="A body that is not application/json")
+    @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE", description="Body larger than FLEET_MAX_BODY_BYTES")
     def post(self, new):
         """Re-map a vehicle to a meter from validFrom on, closing its current mapping there."""
         result = service.remap(

@@ -1,0 +1,165 @@
+"""docker/Dockerfile and docker/compose.yaml, checked without Docker (it cannot run on our machines): the image
+runs as a non-root user, installs the tested versions, and every file and `fleet` command the two files name
+exists; the compose stack migrates before the API and the scheduler start."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+
+from jobs.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+COMPOSE = ROOT / "docker" / "compose.yaml"
+CONSTRAINTS = ROOT / "docker" / "constraints.txt"
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    text = re.sub(
+        r"\\\n", " ", "\n".join(ln for ln in DOCKERFILE.read_text().splitlines() if not ln.lstrip().startswith("#"))
+    )
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1].strip()) for ln in text.splitlines() if ln.strip()]
+
+
+def _args(instruction: str, value: str) -> list[str]:
+    """An exec-form (JSON) or shell-form command as a list of words."""
+    if instruction == "HEALTHCHECK":
+        value = value.split("CMD", 1)[1].strip()
+    return json.loads(value) if value.startswith("[") else shlex.split(value)
+
+
+def assert_fleet_command_exists(argv: list[str]) -> None:
+    """`fleet a b ...` must name an existing command of the CLI (options and arguments are not checked)."""
+    assert argv[0] == "fleet", argv
+    command: click.Command = main
+    for word in argv[1:]:
+        if word.startswith("-") or not isinstance(command, click.Group):
+            break
+        assert word in command.commands, f"`{' '.join(argv)}`: `{word}` is not a subcommand of `{command.name}`"
+        command = command.commands[word]
+    assert not isinstance(command, click.Group), f"`{' '.join(argv)}` names a group, not a command"
+
+
+def test_dockerfile_base_image_and_non_root_user():
+    instructions = dockerfile_instructions()
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    users = [value for name, value in instructions if name == "USER"]
+    assert users, "the image must switch to a non-root user"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+    created = " ".join(value for name, value in instructions if name == "RUN")
+    assert re.search(rf"useradd\b[^&]*\s{re.escape(user)}\b", created), f"user {user} is never created"
+
+
+def test_dockerfile_copies_only_files_that_exist_and_bakes_in_no_secret():
+    instructions = dockerfile_instructions()
+    for name, value in instructions:
+        if name == "COPY":
+            *sources, _dest = value.split()
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
+        if name in ("ENV", "ARG"):
+            assert not re.search(r"PASSWORD|SECRET|DATABASE_URL|API_KEY|TOKEN", value, re.IGNORECASE), value
+    # No package index of its own: pip uses its default configuration.
+    assert not re.search(
+        r"--(extra-)?index-url|--find-links|https?://", DOCKERFILE.read_text().replace("http://127.0.0.1", "")
+    )
+
+
+def test_dockerfile_commands_exist():
+    instructions = dockerfile_instructions()
+    cmd = [value for name, value in instructions if name == "CMD"][-1]
+    assert_fleet_command_exists(_args("CMD", cmd))
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["fleet"] == "jobs.cli:main"
+    assert (ROOT / "docker" / "gunicorn.conf.py").is_file()  # what `fleet serve` runs gunicorn with
+    healthcheck = [value for name, value in instructions if name == "HEALTHCHECK"]
+    assert healthcheck and "/health" in healthcheck[0]
+    compile(_args("HEALTHCHECK", healthcheck[0])[2], "HEALTHCHECK", "exec")  # python -c "<valid Python>"
+
+
+def test_constraints_pin_every_runtime_dependency_at_the_version_pyproject_pins():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pinned = dict(
+        re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?==(\S+)", dep).groups()
+        for dep in pyproject["project"]["dependencies"]
+    )
+    constraints = dict(ln.split("==") for ln in CONSTRAINTS.read_text().splitlines() if ln and not ln.startswith("#"))
+
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    constraints = {canonical(n): v for n, v in constraints.items()}
+    for name, version in pinned.items():
+        assert constraints.get(canonical(name)) == version, (
+            f"{name}: pyproject {version}, constraints {constraints.get(canonical(name))}"
+        )
+
+
+# --- compose -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    yaml = pytest.importorskip(
+        "yaml", reason="PyYAML is not installed (not a dependency of ours): compose.yaml is not parsed"
+    )
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_compose_services_start_in_order(compose):
+    services = compose["services"]
+    assert set(services) == {"db", "redis", "migrate", "api", "jobs"}
+    assert services["migrate"]["depends_on"] == {"db": {"condition": "service_healthy"}}
+    for name in ("api", "jobs"):
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert services["api"]["depends_on"]["redis"] == {"condition": "service_healthy"}
+    assert services["migrate"]["restart"] == "no"
+    for name in ("db", "redis"):
+        assert services[name]["healthcheck"]["test"]
+
+
+def test_compose_images_are_pinned_and_the_database_is_community(compose):
+    services = compose["services"]
+    db_image = services["db"]["image"]
+    assert re.fullmatch(r"timescale/timescaledb:\d+\.\d+\.\d+-pg\d+", db_image), db_image
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+-alpine", services["redis"]["image"])
+    assert "pgdata" in compose["volumes"] and "pgdata:/var/lib/postgresql/data" in services["db"]["volumes"]
+    initdb = next(v for v in services["db"]["volumes"] if "docker-entrypoint-initdb.d" in v)
+    assert (COMPOSE.parent / initdb.split(":")[0]).resolve() == ROOT / "docker" / "initdb"
+
+
+def test_compose_fleet_services_use_the_image_and_existing_commands(compose):
+    services = compose["services"]
+    for name, argv in (
+        ("migrate", ["fleet", "db", "upgrade"]),
+        ("api", ["fleet", "serve"]),
+        ("jobs", ["fleet", "jobs", "run"]),
+    ):
+        service = services[name]
+        assert service["command"] == argv
+        assert_fleet_command_exists(service["command"])
+        build = service["build"]
+        assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+        env = service["environment"]
+        assert env["DATABASE_URL"].startswith("postgresql://") and "${POSTGRES_PASSWORD" in env["DATABASE_URL"]
+        assert env["FLEET_RATE_LIMIT_STORAGE_URI"].startswith("redis://redis:6379")
+    assert services["api"]["ports"] == ["127.0.0.1:8000:8000"]  # published on the host's loopback only
+    assert services["db"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+
+
+def test_compose_text_names_no_secret():
+    # Whatever parses it: the only password is a reference to the environment.
+    text = COMPOSE.read_text()
+    for line in text.splitlines():
+        if re.search(r"PASSWORD\s*:", line):
+            assert "${POSTGRES_PASSWORD:?" in line, line
