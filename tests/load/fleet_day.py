@@ -45,7 +45,7 @@ import threading
 import time
 import traceback
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -558,10 +558,15 @@ def load_fleet_day(
     block_minutes: int = BLOCK_MINUTES,
     timeout: float = 1800.0,
     log: Callable[[str], None] = _print,
+    append: bool = False,
 ) -> LoadStats:
     """Load `minutes` of readings of `meters` meters and `vehicles` vehicles (vehicle i charged from meter i)
     from `day_start` on into the empty, migrated database at `url`; then current state, VACUUM (ANALYZE) and
     CHECKPOINT (CHECKPOINT needs a superuser or pg_checkpoint). Raises TimeoutError after `timeout` seconds.
+
+    `append=True` adds another stretch of history (e.g. the next day, with another `seed`) to a database this
+    function loaded before: the history window must hold no rows yet, mappings in place are kept (a vehicle
+    without one gets it), and current state moves forward only (an older reading never replaces a newer one).
 
     The loader processes are started with multiprocessing's "spawn" (no inherited connections or threads), so
     the caller must be an importable module or a script file, not code read from stdin."""
@@ -578,7 +583,13 @@ def load_fleet_day(
     deadline = started + timeout
     with psycopg.connect(conninfo) as conn:
         for table in ("meter_readings", "vehicle_readings", "meters_current", "vehicles_current"):
-            if conn.execute(f"SELECT EXISTS (SELECT FROM {table})").fetchone()[0]:  # type: ignore[index]
+            if append and table.endswith("_readings"):
+                # Inside the window only: a clock offset puts a few readings of the day before seconds past its end.
+                window = (stats.day_start + timedelta(minutes=1), stats.day_end - timedelta(minutes=1))
+                query = f"SELECT EXISTS (SELECT FROM {table} WHERE recorded_at >= %s AND recorded_at < %s)"
+                if conn.execute(query, window).fetchone()[0]:  # type: ignore[index]
+                    raise RuntimeError(f"{table} already has rows in the window to append")
+            elif not append and conn.execute(f"SELECT EXISTS (SELECT FROM {table})").fetchone()[0]:  # type: ignore[index]
                 raise RuntimeError(f"{table} is not empty: load_fleet_day needs an empty, migrated database")
 
     expected = minutes * (meters + vehicles)
@@ -668,17 +679,20 @@ def load_fleet_day(
     valid_from = stats.day_start - MAPPING_LEAD
     stats.mapping = {vehicle_id(i): meter_id(i) for i in range(1, vehicles + 1)}
     with psycopg.connect(conninfo) as conn, conn.cursor() as cur:
-        with cur.copy("COPY vehicle_meter_mapping (vehicle_id, meter_id, valid_from, valid_to) FROM STDIN") as cp:
-            for vid, mid in stats.mapping.items():
-                cp.write_row((vid, mid, valid_from, None))
-        with cur.copy(f"COPY meters_current ({', '.join(METER_COLUMNS)}) FROM STDIN") as cp:
-            for out in outputs:
-                for row in out["meters_current"]:
-                    cp.write_row(row)
-        with cur.copy(f"COPY vehicles_current ({', '.join(VEHICLE_COLUMNS)}) FROM STDIN") as cp:
-            for out in outputs:
-                for row in out["vehicles_current"]:
-                    cp.write_row(row)
+        if append:
+            _append_mapping_and_current(cur, stats.mapping, valid_from, outputs)
+        else:
+            with cur.copy("COPY vehicle_meter_mapping (vehicle_id, meter_id, valid_from, valid_to) FROM STDIN") as cp:
+                for vid, mid in stats.mapping.items():
+                    cp.write_row((vid, mid, valid_from, None))
+            with cur.copy(f"COPY meters_current ({', '.join(METER_COLUMNS)}) FROM STDIN") as cp:
+                for out in outputs:
+                    for row in out["meters_current"]:
+                        cp.write_row(row)
+            with cur.copy(f"COPY vehicles_current ({', '.join(VEHICLE_COLUMNS)}) FROM STDIN") as cp:
+                for out in outputs:
+                    for row in out["vehicles_current"]:
+                        cp.write_row(row)
     stats.current_seconds = time.perf_counter() - t0
     log(f"load: mapping + current state ({meters + 2 * vehicles:,} rows) in {stats.current_seconds:.1f} s")
 
@@ -699,6 +713,59 @@ def load_fleet_day(
         f" total {stats.total_seconds:.1f} s"
     )
     return stats
+
+
+def _append_mapping_and_current(
+    cur: psycopg.Cursor[Any], mapping: dict[str, str], valid_from: datetime, outputs: list[dict[str, Any]]
+) -> None:
+    """Append mode: a mapping for each vehicle that has none; current state upserted, forwards only."""
+    cur.execute("CREATE TEMP TABLE fleet_day_mapping (vehicle_id text, meter_id text) ON COMMIT DROP")
+    with cur.copy("COPY fleet_day_mapping (vehicle_id, meter_id) FROM STDIN") as cp:
+        for vid, mid in mapping.items():
+            cp.write_row((vid, mid))
+    cur.execute(
+        "INSERT INTO vehicle_meter_mapping (vehicle_id, meter_id, valid_from, valid_to)"
+        " SELECT n.vehicle_id, n.meter_id, %s, NULL FROM fleet_day_mapping n"
+        " WHERE NOT EXISTS (SELECT FROM vehicle_meter_mapping m WHERE m.vehicle_id = n.vehicle_id)",
+        (valid_from,),
+    )
+    for table, columns in (("meters_current", METER_COLUMNS), ("vehicles_current", VEHICLE_COLUMNS)):
+        cur.execute(f"CREATE TEMP TABLE fleet_day_{table} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP")
+        with cur.copy(f"COPY fleet_day_{table} ({', '.join(columns)}) FROM STDIN") as cp:
+            for out in outputs:
+                for row in out[table]:
+                    cp.write_row(row)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[1:])
+        cur.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM fleet_day_{table}"
+            f" ON CONFLICT ({columns[0]}) DO UPDATE SET {updates}, updated_at = now()"
+            f" WHERE {table}.recorded_at < EXCLUDED.recorded_at"
+        )
+
+
+def generate_text_blocks(
+    *,
+    meters: int,
+    vehicles: int,
+    day_start: datetime,
+    minutes: int = 1440,
+    seed: int = 42,
+    block_minutes: int = BLOCK_MINUTES,
+) -> Iterator[tuple[bytes, bytes]]:
+    """The readings load_fleet_day would load with the same arguments (same values), generated in this process
+    as COPY text blocks of `block_minutes` each, time-major: (meter lines, vehicle lines), tab-separated fields
+    in METER_COLUMNS / VEHICLE_COLUMNS order, NULL as \\N. For loaders that cannot use COPY (the embedded
+    engine takes them as multi-row INSERTs)."""
+    if day_start.utcoffset() is None:
+        raise ValueError("day_start must be timezone-aware")
+    if not 0 < vehicles <= meters:
+        raise ValueError("need 0 < vehicles <= meters: vehicle i is charged from meter i")
+    codec = _Codec("text")
+    pairs = [_make_pair(i, vehicles, minutes, seed, codec) for i in range(1, meters + 1)]
+    gen = _Generator(pairs, codec, day_start.astimezone(UTC), minutes)
+    for b0 in range(0, minutes, block_minutes):
+        mdata, vdata, _, _ = gen.block(b0, min(b0 + block_minutes, minutes))
+        yield mdata, vdata
 
 
 def main(argv: Sequence[str] | None = None) -> int:

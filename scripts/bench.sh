@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The benchmark command: provisions the native engine (PostgreSQL 15 + TimescaleDB, scripts/provision-native.sh),
+# installs the project with its test and load extras into .venv (as scripts/setup.sh does, plus locust and
+# py-spy), then runs every benchmark of tests/load/ as a subprocess (tests/load/report.py): ingest through the API
+# vs direct SQL, status and 24 h analytics at full-fleet-day scale, the locust steady fleet and burst, the embedded
+# engine's continuous aggregates and compression, and history growth over 7 days. Raw results go to
+# var/bench/<UTC timestamp>/, the report to docs/BENCHMARKS.md. Loopback only; every cluster, server and load
+# generator it starts is stopped (by PID) and removed, also on Ctrl-C. About 40 minutes on 2 cores.
+#   bash scripts/bench.sh            # the full run: writes docs/BENCHMARKS.md
+#   bash scripts/bench.sh --quick    # small scale, a few minutes (development): var/bench/<ts>/BENCHMARKS.md
+#   bash scripts/bench.sh --only bench_embedded,bench_growth    # some steps only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/provision-native.sh
+else
+  sudo bash scripts/provision-native.sh
+fi
+bash scripts/setup.sh
+
+stamp=.venv/.fleet-load-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "bench: installing the project with its test and load extras into .venv"
+  .venv/bin/python -m pip install -q -e ".[test,load]"
+  touch "$stamp"
+fi
+
+exec .venv/bin/python -m tests.load.report "$@"

@@ -1,0 +1,378 @@
+"""Locust scenarios for the fleet: steady reporting, a burst, and dashboards alongside (headless, loopback only).
+
+Run through `python -m tests.load.run_locust` (which starts the database and gunicorn, loads a fleet day,
+creates the keys and passes them in), or by hand:
+
+    FLEET_LOAD_DEVICE_KEY=fk_... FLEET_LOAD_READ_KEY=fk_... FLEET_LOAD_SCENARIO=steady \\
+    locust -f tests/load/locustfile.py --headless --host http://127.0.0.1:8000 \\
+        -u 20020 -r 1000 --run-time 6m --stop-timeout 30 --csv var/load/steady --html var/load/steady.html
+
+(-u counts every user: the devices plus the FLEET_LOAD_DASHBOARDS dashboard users.)
+
+Scenarios (FLEET_LOAD_SCENARIO):
+- `steady`: every device user is one device (meters and vehicles alternating) reporting one reading every
+  FLEET_LOAD_PACING_SECONDS (60), each at its own phase of the minute: the fleet's real arrival pattern.
+  Dashboard users (FLEET_LOAD_DASHBOARDS of them) read status, 24 h performance and the fleet view meanwhile.
+- `burst`: every device reports exactly once, all within the same FLEET_LOAD_BURST_WINDOW_SECONDS (10) window
+  that opens at FLEET_LOAD_BURST_AT (epoch seconds; default FLEET_LOAD_BURST_DELAY_SECONDS, 60, after start).
+
+Devices open a new connection for each reading (`Connection: close`): a device reporting once a minute does
+not hold a TCP connection open (gunicorn closes idle ones after 2 s), and one socket per report keeps the
+load generator's port and file use bounded with 20,000 devices. Dashboards keep theirs alive.
+
+Device ids are those of tests/load/fleet_day.py (`meter-00001`.. and `ev-00001`.., vehicle i charged from
+meter i, 1-based): against a database loaded with a fleet day, dashboards read real numbers and devices
+update existing current state. FLEET_LOAD_FLEET_SIZE is the number of meters (= vehicles).
+
+The run ends with a verdict (exit code 0 PASS, 1 FAIL): zero failed requests; each request class within its
+p99 limit; steady: the ingest rate over the steady phase (after spawning and one pacing period) at least 95 %
+of what the devices offer (users / pacing), for at least FLEET_LOAD_MIN_STEADY_SECONDS; burst: every device's
+reading acknowledged, the burst actually offered within its window (the load generator kept up) and drained
+(last answer) within FLEET_LOAD_BURST_DRAIN_SECONDS of the window's opening. A JSON summary (checks, readings
+stored and duplicates as the API acknowledged them, percentiles, ingest rate per 10 s) goes to
+FLEET_LOAD_SUMMARY when set.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import random
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import gevent
+from locust import FastHttpUser, between, events, task
+from locust.env import Environment
+
+SCENARIO = os.environ.get("FLEET_LOAD_SCENARIO", "steady")
+DEVICE_KEY = os.environ.get("FLEET_LOAD_DEVICE_KEY", "")
+READ_KEY = os.environ.get("FLEET_LOAD_READ_KEY", "")
+PACING_SECONDS = float(os.environ.get("FLEET_LOAD_PACING_SECONDS", "60"))
+DASHBOARDS = int(os.environ.get("FLEET_LOAD_DASHBOARDS", "0"))
+FLEET_SIZE = int(os.environ.get("FLEET_LOAD_FLEET_SIZE", "10000"))  # meters = vehicles = this
+BURST_WINDOW_SECONDS = float(os.environ.get("FLEET_LOAD_BURST_WINDOW_SECONDS", "10"))
+BURST_AT = float(
+    os.environ.get("FLEET_LOAD_BURST_AT") or time.time() + float(os.environ.get("FLEET_LOAD_BURST_DELAY_SECONDS", "60"))
+)
+BURST_DRAIN_SECONDS = float(os.environ.get("FLEET_LOAD_BURST_DRAIN_SECONDS", "50"))
+MIN_STEADY_SECONDS = float(os.environ.get("FLEET_LOAD_MIN_STEADY_SECONDS", "0"))
+SUMMARY_PATH = os.environ.get("FLEET_LOAD_SUMMARY", "")
+#: p99 limits (ms) per request class for the verdict.
+P99_LIMITS_MS = {
+    "ingest": float(os.environ.get("FLEET_LOAD_P99_INGEST_MS", "500")),
+    "status": float(os.environ.get("FLEET_LOAD_P99_STATUS_MS", "100")),
+    "performance": float(os.environ.get("FLEET_LOAD_P99_PERFORMANCE_MS", "500")),
+    "fleet": float(os.environ.get("FLEET_LOAD_P99_FLEET_MS", "5000")),
+}
+#: Share of the offered ingest rate the steady phase must reach.
+MIN_RATE_SHARE = 0.95
+RATE_BUCKET_SECONDS = 10
+
+
+def meter_id(i: int) -> str:
+    """Id of meter number i (1-based), as tests/load/fleet_day.py names it."""
+    return f"meter-{i:05d}"
+
+
+def vehicle_id(i: int) -> str:
+    """Id of vehicle number i (1-based), charged from meter i, as tests/load/fleet_day.py names it."""
+    return f"ev-{i:05d}"
+
+
+_device_numbers = itertools.count()
+
+
+class _Tally:
+    """What this run saw: ingest answers (stored / duplicates), completions per 10 s, burst timing."""
+
+    def __init__(self) -> None:
+        self.stored = 0
+        self.duplicates = 0
+        self.ingest_ok = 0
+        self.per_bucket: Counter[int] = Counter()
+        self.first_send: float | None = None
+        self.last_send: float | None = None
+        self.last_answer: float | None = None
+        self.spawned_at: float | None = None
+        self.started_at = time.time()
+
+    def ingest_answer(self, started: float, elapsed_ms: float, doc: dict[str, Any]) -> None:
+        self.stored += int(doc.get("stored", 0))
+        self.duplicates += int(doc.get("duplicates", 0))
+        self.ingest_ok += 1
+        done = started + elapsed_ms / 1000.0
+        self.per_bucket[int(done // RATE_BUCKET_SECONDS)] += 1
+        self.first_send = started if self.first_send is None else min(self.first_send, started)
+        self.last_send = started if self.last_send is None else max(self.last_send, started)
+        self.last_answer = done if self.last_answer is None else max(self.last_answer, done)
+
+
+TALLY = _Tally()
+
+
+def _device_reading(kind: str, number: int, rng: random.Random) -> dict[str, Any]:
+    now = datetime.now(UTC).replace(microsecond=0).isoformat()
+    if kind == "meter":
+        return {
+            "type": "METER",
+            "payload": {
+                "meterId": meter_id(number),
+                "kwhConsumedAc": round(rng.uniform(0.0, 0.19), 4),
+                "voltage": round(rng.uniform(225, 245), 1),
+                "timestamp": now,
+            },
+        }
+    return {
+        "type": "VEHICLE",
+        "payload": {
+            "vehicleId": vehicle_id(number),
+            "soc": round(rng.uniform(5, 99), 1),
+            "kwhDeliveredDc": round(rng.uniform(0.0, 0.17), 4),
+            "batteryTemp": round(rng.uniform(10, 45), 1),
+            "isCharging": rng.random() < 0.3,
+            "timestamp": now,
+        },
+    }
+
+
+def _failure(resp: Any) -> str:
+    """What went wrong: the HTTP status and the start of the body, or the connection error (status 0)."""
+    if resp.status_code == 0:
+        return f"no answer: {type(resp.error).__name__}: {str(resp.error)[:150]}"
+    return f"HTTP {resp.status_code}: {(resp.text or '')[:200]}"
+
+
+class Device(FastHttpUser):
+    """One meter or vehicle (alternating), reporting on its own schedule."""
+
+    weight = 1000
+    # Readings are acknowledged within seconds or the device retries; a slow answer is an error here.
+    network_timeout = 30.0
+    connection_timeout = 30.0
+
+    def wait_time(self) -> float:
+        if SCENARIO == "burst":
+            return 24 * 3600.0  # reported once; quiet for the rest of the run
+        # constant pacing: one reading every PACING_SECONDS whatever the answer took
+        return max(0.0, PACING_SECONDS - (time.monotonic() - self._task_started))
+
+    def on_start(self) -> None:
+        number = next(_device_numbers)
+        self.kind = "meter" if number % 2 == 0 else "vehicle"
+        self.number = 1 + (number // 2) % FLEET_SIZE
+        self.rng = random.Random(number)
+        self.headers = {"X-API-Key": DEVICE_KEY, "Content-Type": "application/json", "Connection": "close"}
+        self._task_started = time.monotonic()
+        if SCENARIO == "burst":
+            # Every device at a random instant of the same window.
+            at = BURST_AT + self.rng.uniform(0, BURST_WINDOW_SECONDS)
+        else:
+            at = time.time() + self.rng.uniform(0, PACING_SECONDS)  # the device's phase within the minute
+        gevent.sleep(max(0.0, at - time.time()))
+
+    @task
+    def report(self) -> None:
+        self._task_started = time.monotonic()
+        started = time.time()
+        with self.client.post(
+            "/v1/telemetry/ingest",
+            json=_device_reading(self.kind, self.number, self.rng),
+            headers=self.headers,
+            name=f"ingest {self.kind}",
+            catch_response=True,
+        ) as resp:
+            if resp.status_code != 200:
+                resp.failure(_failure(resp))
+                return
+            try:
+                doc = json.loads(resp.content)
+            except (TypeError, ValueError):
+                resp.failure("HTTP 200 without a JSON body")
+                return
+            resp.success()
+            TALLY.ingest_answer(started, resp.request_meta["response_time"] or 0.0, doc)
+
+
+class Dashboard(FastHttpUser):
+    """A fleet operator's dashboard: mostly status, some 24 h performance, now and then the fleet view; a call
+    every 2-6 s (20 dashboards: ~5 calls/s, the fleet view ~0.4/s)."""
+
+    fixed_count = DASHBOARDS
+    wait_time = between(2.0, 6.0)
+    network_timeout = 30.0
+    connection_timeout = 30.0
+
+    def on_start(self) -> None:
+        self.headers = {"X-API-Key": READ_KEY}
+        self.rng = random.Random()
+
+    def _get(self, path: str, name: str) -> None:
+        with self.client.get(path, headers=self.headers, name=name, catch_response=True) as resp:
+            # A device that has not reported yet in this run is a legitimate 404 for status.
+            if resp.status_code == 200 or (resp.status_code == 404 and name.startswith("status")):
+                resp.success()
+            else:
+                resp.failure(_failure(resp))
+
+    @task(6)
+    def vehicle_status(self) -> None:
+        self._get(f"/v1/vehicles/{vehicle_id(self.rng.randint(1, FLEET_SIZE))}", "status vehicle")
+
+    @task(3)
+    def meter_status(self) -> None:
+        self._get(f"/v1/meters/{meter_id(self.rng.randint(1, FLEET_SIZE))}", "status meter")
+
+    @task(3)
+    def performance(self) -> None:
+        # The default window: the 24 hours up to the end of the current hour.
+        self._get(f"/v1/analytics/performance/{vehicle_id(self.rng.randint(1, FLEET_SIZE))}", "performance 24h")
+
+    @task(1)
+    def fleet(self) -> None:
+        end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        start = end - timedelta(hours=1)
+        self._get(
+            f"/v1/analytics/fleet?startDate={start.isoformat()}&endDate={end.isoformat()}".replace("+", "%2B")
+            + "&sort=efficiency&page_size=50",
+            "fleet 1h",
+        )
+
+
+@events.spawning_complete.add_listener
+def _spawned(user_count: int, **_kwargs: object) -> None:
+    if TALLY.spawned_at is None:
+        TALLY.spawned_at = time.time()
+
+
+def _request_class(name: str) -> str:
+    return name.split(" ", 1)[0]
+
+
+def _steady_phase(ended: float) -> tuple[float, float, float]:
+    """(start, end, readings/s) of the steady phase: whole 10 s buckets from one pacing period after the last
+    user spawned to the last full bucket before the end."""
+    spawned = TALLY.spawned_at or TALLY.started_at
+    first = math.ceil((spawned + PACING_SECONDS) / RATE_BUCKET_SECONDS)
+    last = math.floor(ended / RATE_BUCKET_SECONDS) - 1  # the bucket the run ended in is incomplete
+    if last < first:
+        return 0.0, 0.0, 0.0
+    done = sum(TALLY.per_bucket.get(b, 0) for b in range(first, last + 1))
+    seconds = (last + 1 - first) * RATE_BUCKET_SECONDS
+    return first * RATE_BUCKET_SECONDS, (last + 1) * RATE_BUCKET_SECONDS, done / seconds
+
+
+@events.quitting.add_listener
+def verdict(environment: Environment, **_kwargs: object) -> None:
+    """PASS only when every check holds; exit code 1 otherwise. Writes FLEET_LOAD_SUMMARY when set."""
+    ended = time.time()
+    stats = environment.stats
+    total = stats.total
+    runner = environment.runner
+    devices = int(os.environ.get("FLEET_LOAD_DEVICES", "0")) or (
+        runner.target_user_classes_count.get("Device", 0) if runner else 0
+    )
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, ok: bool, detail: str) -> None:
+        checks.append({"check": name, "ok": bool(ok), "detail": detail})
+
+    check("requests made", total.num_requests > 0, f"{total.num_requests} requests")
+    check("zero errors", total.num_failures == 0, f"{total.num_failures} failed of {total.num_requests}")
+    per_name: dict[str, dict[str, Any]] = {}
+    for entry in [*stats.entries.values(), total]:
+        p = {q: entry.get_response_time_percentile(q / 100) for q in (50, 95, 99)}
+        per_name[entry.name] = {
+            "requests": entry.num_requests,
+            "failures": entry.num_failures,
+            "p50": p[50],
+            "p95": p[95],
+            "p99": p[99],
+            "max": entry.max_response_time,
+            "mean": entry.avg_response_time,
+            "rps": entry.total_rps,
+        }
+        limit = P99_LIMITS_MS.get(_request_class(entry.name or ""))
+        if limit is not None:
+            check(f"{entry.name} p99 <= {limit:g} ms", p[99] <= limit, f"p99 {p[99]:.0f} ms")
+    summary: dict[str, Any] = {
+        "scenario": SCENARIO,
+        "devices": devices,
+        "dashboards": DASHBOARDS,
+        "fleet_size": FLEET_SIZE,
+        "started_at": TALLY.started_at,
+        "spawned_at": TALLY.spawned_at,
+        "ended_at": ended,
+        "ingest_ok": TALLY.ingest_ok,
+        "stored": TALLY.stored,
+        "duplicates": TALLY.duplicates,
+        "per_name": per_name,
+        "rate_per_10s": {str(b * RATE_BUCKET_SECONDS): n for b, n in sorted(TALLY.per_bucket.items())},
+        "p99_limits_ms": P99_LIMITS_MS,
+    }
+    if SCENARIO == "burst":
+        drain = None if TALLY.last_answer is None else TALLY.last_answer - BURST_AT
+        offered = None if TALLY.last_send is None else TALLY.last_send - BURST_AT
+        summary["burst"] = {
+            "opens_at": BURST_AT,
+            "window_seconds": BURST_WINDOW_SECONDS,
+            "first_send_s": None if TALLY.first_send is None else TALLY.first_send - BURST_AT,
+            "last_send_s": offered,
+            "drain_s": drain,
+            "drain_limit_s": BURST_DRAIN_SECONDS,
+        }
+        check(
+            "every device's reading acknowledged",
+            TALLY.ingest_ok == devices,
+            f"{TALLY.ingest_ok} of {devices} devices",
+        )
+        check(
+            "burst offered within its window (load generator kept up)",
+            offered is not None and offered <= BURST_WINDOW_SECONDS + 1.0,
+            f"last reading sent {offered if offered is None else round(offered, 1)} s after the window opened"
+            f" (window {BURST_WINDOW_SECONDS:g} s)",
+        )
+        check(
+            f"burst drained within {BURST_DRAIN_SECONDS:g} s",
+            drain is not None and drain <= BURST_DRAIN_SECONDS,
+            f"last answer {drain if drain is None else round(drain, 1)} s after the window opened",
+        )
+    else:
+        start, end, rate = _steady_phase(ended)
+        offered = devices / PACING_SECONDS if PACING_SECONDS else 0.0
+        summary["steady"] = {
+            "phase_start": start,
+            "phase_end": end,
+            "phase_seconds": end - start,
+            "rate": rate,
+            "offered_rate": offered,
+        }
+        check(
+            f"steady ingest rate >= {MIN_RATE_SHARE:.0%} of offered",
+            offered > 0 and rate >= MIN_RATE_SHARE * offered,
+            f"{rate:.1f} readings/s vs {offered:.1f} offered over {end - start:.0f} s",
+        )
+        if MIN_STEADY_SECONDS:
+            check(
+                f"steady phase >= {MIN_STEADY_SECONDS:g} s",
+                end - start >= MIN_STEADY_SECONDS,
+                f"{end - start:.0f} s at full rate",
+            )
+    failed = [c for c in checks if not c["ok"]]
+    summary["checks"] = checks
+    summary["verdict"] = "FAIL" if failed else "PASS"
+    for c in checks:
+        print(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}")
+    if failed:
+        print("VERDICT: FAIL - " + "; ".join(f"{c['check']} ({c['detail']})" for c in failed))
+        environment.process_exit_code = 1
+    else:
+        print(f"VERDICT: PASS - {total.num_requests} requests, 0 errors, every check held")
+        environment.process_exit_code = 0
+    if SUMMARY_PATH:
+        with open(SUMMARY_PATH, "w") as f:
+            json.dump(summary, f, indent=2)
