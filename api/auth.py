@@ -27,6 +27,7 @@ from flask_smorest import Api, Blueprint, abort
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from api import rate_limit_storage
 from api.config import Settings
 from db import keys
 from db.keys import ApiKey
@@ -175,7 +176,8 @@ def init_app(app: Flask, api: Api, settings: Settings, public: Iterable[Blueprin
         ]
         if limit
         else [],
-        storage_uri=settings.rate_limit_storage_uri,
+        # memory:// without a timer thread per 10 ms (api/rate_limit_storage.py); other backends as configured.
+        storage_uri=rate_limit_storage.storage_uri(settings.rate_limit_storage_uri),
         strategy="fixed-window",
         key_prefix="fleet",
         on_breach=_remember_reset,
