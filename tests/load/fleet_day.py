@@ -591,6 +591,7 @@ def load_fleet_day(
                     raise RuntimeError(f"{table} already has rows in the window to append")
             elif not append and conn.execute(f"SELECT EXISTS (SELECT FROM {table})").fetchone()[0]:  # type: ignore[index]
                 raise RuntimeError(f"{table} is not empty: load_fleet_day needs an empty, migrated database")
+    _create_chunks(conninfo, stats.day_start - timedelta(minutes=1), stats.day_end + timedelta(minutes=1))
 
     expected = minutes * (meters + vehicles)
     log(
@@ -713,6 +714,37 @@ def load_fleet_day(
         f" total {stats.total_seconds:.1f} s"
     )
     return stats
+
+
+def _create_chunks(conninfo: str, start: datetime, end: datetime) -> None:
+    """Create both hypertables' chunks for [start, end] before the loader processes start.
+
+    A COPY that creates a chunk holds a lock on the hypertable until it commits, at the end of the load. Each
+    loader streams both tables: when one loader creates the new meter_readings chunk and the other the new
+    vehicle_readings chunk, each one's COPY then waits for the other's lock while its generator waits for that
+    COPY: a deadlock through the clients that PostgreSQL cannot detect (seen: the load stopped for good). So one
+    row per table every 6 hours of the window is inserted and deleted in one committed transaction: the chunks
+    stay, the rows do not, and the COPYs only insert into existing chunks."""
+    points = []
+    t = start
+    while t < end:
+        points.append(t)
+        t += timedelta(hours=6)
+    points.append(end)
+    with psycopg.connect(conninfo) as conn, conn.cursor() as cur:
+        for ts in points:
+            cur.execute(
+                "INSERT INTO meter_readings (meter_id, recorded_at, kwh_consumed_ac, voltage)"
+                " VALUES ('fleet-day-chunk', %s, 0, 230) ON CONFLICT DO NOTHING",
+                (ts,),
+            )
+            cur.execute(
+                "INSERT INTO vehicle_readings (vehicle_id, recorded_at, soc, kwh_delivered_dc, battery_temp)"
+                " VALUES ('fleet-day-chunk', %s, 50, 0, 20) ON CONFLICT DO NOTHING",
+                (ts,),
+            )
+        cur.execute("DELETE FROM meter_readings WHERE meter_id = 'fleet-day-chunk'")
+        cur.execute("DELETE FROM vehicle_readings WHERE vehicle_id = 'fleet-day-chunk'")
 
 
 def _append_mapping_and_current(
