@@ -177,6 +177,42 @@ def cpu_line(cpu: Mapping[str, Any]) -> str:
     )
 
 
+class TreeCpu(threading.Thread):
+    """CPU seconds used by named process trees (a process, its descendants and their reaped children), sampled
+    every `interval` seconds until `stop()`: a tree that exits between samples keeps its last reading. `roots`
+    may be added to while it runs (a process started later, e.g. the load generator)."""
+
+    def __init__(self, roots: dict[str, int], interval: float = 1.0) -> None:
+        super().__init__(name="tree-cpu", daemon=True)
+        self.roots = roots
+        self.interval = interval
+        self.first: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self._stop_event = threading.Event()
+        self._sample()
+
+    def _sample(self) -> None:
+        table = proc_table()
+        for name, root in list(self.roots.items()):
+            pids = descendants(table, [root])
+            if not pids:
+                continue
+            used = sum(table[p][1] + table[p][2] for p in pids)
+            self.first.setdefault(name, used)
+            self.last[name] = used
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds per tree since it was first seen."""
+        self._stop_event.set()
+        self.join(timeout=self.interval + 5)
+        self._sample()
+        return {name: round(self.last[name] - self.first.get(name, 0.0), 2) for name in self.last}
+
+
 class LoadSampler:
     """Samples the 1-minute load average every `interval` seconds in a daemon thread, until `stop()`."""
 

@@ -591,7 +591,8 @@ def load_fleet_day(
                     raise RuntimeError(f"{table} already has rows in the window to append")
             elif not append and conn.execute(f"SELECT EXISTS (SELECT FROM {table})").fetchone()[0]:  # type: ignore[index]
                 raise RuntimeError(f"{table} is not empty: load_fleet_day needs an empty, migrated database")
-    _create_chunks(conninfo, stats.day_start - timedelta(minutes=1), stats.day_end + timedelta(minutes=1))
+    # Readings span [day_start - 9 s, day_end - 60 s + 9 s] (vehicle clock offsets): exactly those chunks.
+    _create_chunks(conninfo, stats.day_start - timedelta(seconds=10), stats.day_end - timedelta(seconds=50))
 
     expected = minutes * (meters + vehicles)
     log(

@@ -475,6 +475,20 @@ def _locust(doc: Doc, r: dict[str, Any] | None) -> None:
             f" {load.get('min')}-{load.get('max')} (mean {load.get('mean')}).",
             "",
         )
+        by = s.get("cpu_by_process", {})
+        if by:
+            doc.add(
+                f"CPU per request by process tree ({_n(s.get('cpu_by_process_requests'))} requests; the load generator"
+                " shares the machine's cores with the server and the database):",
+                "",
+            )
+            doc.table(
+                ["process tree", "CPU s", "% of all cores", "CPU per request, us"],
+                [
+                    [name, _n(v["seconds"], 1), _n(v["pct_of_all_cores"], 1), _n(v["us_per_request"])]
+                    for name, v in by.items()
+                ],
+            )
         prof = lc.get("profile")
         if prof and prof.get("samples"):
             doc.add(

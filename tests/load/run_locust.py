@@ -74,6 +74,7 @@ from tests.load.benchlib import (
     CpuWatch,
     LoadSampler,
     Server,
+    TreeCpu,
     cpu_line,
     descendants,
     gunicorn_server,
@@ -443,6 +444,7 @@ def run_locust(
     read_key: str,
     out_dir: Path,
     server: Server | None = None,
+    trees: TreeCpu | None = None,
 ) -> dict[str, Any]:
     """One locust run (subprocess, bounded); returns its files, exit code, CSV stats and verdict summary."""
     fleet = args.users // 2
@@ -499,6 +501,8 @@ def run_locust(
             start_new_session=True,
             preexec_fn=_raise_nofile,
         )
+    if trees is not None:
+        trees.roots["locust"] = proc.pid
     recording: Recording | None = None
     profile: dict[str, Any] | None = None
     try:
@@ -540,6 +544,12 @@ def run_locust(
 
 
 # --- one scenario --------------------------------------------------------------------------------------------
+
+
+def _get_requests(locust_result: dict[str, Any]) -> int:
+    """Requests locust made (every class), from its final stats."""
+    per_name = locust_result.get("summary", {}).get("per_name") or locust_result.get("stats", {})
+    return int(per_name.get("Aggregated", {}).get("requests", 0))
 
 
 def _next_second() -> datetime:
@@ -587,6 +597,11 @@ def run_scenario(
     log_counts_before = server.log_counts() if server else None
     cpu = CpuWatch(cpu_roots)
     load = LoadSampler().start()
+    trees = TreeCpu({"gunicorn": server.pid} if server else {})
+    if len(cpu_roots) > 0 and (server is None or cpu_roots[0] != server.pid):
+        trees.roots["postgres"] = cpu_roots[0]
+    trees.start()
+    started = time.monotonic()
     cpu.start()
     if sampler:
         sampler.start()
@@ -599,13 +614,27 @@ def run_scenario(
             read_key=keys_[1],
             out_dir=args.out,
             server=server,
+            trees=trees,
         )
     finally:
         if sampler:
             result["direct_during"] = sampler.stop()
         result["cpu"] = cpu.stop()
         result["loadavg"] = load.stop()
+        tree_seconds = trees.stop()
     locust_ = result["locust"]
+    requests_done = _get_requests(locust_)
+    wall = time.monotonic() - started
+    cores = len(os.sched_getaffinity(0))
+    result["cpu_by_process"] = {
+        name: {
+            "seconds": secs,
+            "pct_of_all_cores": round(100 * secs / (wall * cores), 1),
+            "us_per_request": round(1e6 * secs / requests_done) if requests_done else None,
+        }
+        for name, secs in tree_seconds.items()
+    }
+    result["cpu_by_process_requests"] = requests_done
     log(f"locust {scenario} exit code {locust_['exit_code']}: {locust_['verdict_line']}")
 
     rows = count_rows(engine, cutoff) - rows_before
@@ -812,6 +841,14 @@ def render(report: dict[str, Any]) -> str:
                 f" {base.get('seconds', float('nan')):.1f} s ({base.get('readings_per_s', 0):,.0f}/s)"
             )
         lines.append(f"CPU: {cpu_line(s['cpu'])}; load average during {s['loadavg']}")
+        by = s.get("cpu_by_process", {})
+        if by:
+            lines.append(
+                "CPU per request (all classes), by process tree: "
+                + ", ".join(
+                    f"{n} {v['us_per_request']} us ({v['pct_of_all_cores']} % of all cores)" for n, v in by.items()
+                )
+            )
         for c in s["checks"]:
             lines.append(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}")
         for c in sm.get("checks", []):
