@@ -13,6 +13,7 @@ stops (on_exit).
 """
 
 import os
+import resource
 import shutil
 import tempfile
 
@@ -33,8 +34,37 @@ workers = int(os.environ.get("FLEET_WORKERS", "4"))
 threads = int(os.environ.get("FLEET_THREADS", "2"))
 worker_class = "gthread"
 # Recycle workers now and then so a slow leak cannot grow without bound; jitter avoids all restarting at once.
-max_requests = 20000
-max_requests_jitter = 2000
+# A full fleet sends ~333 requests/s: 100,000 per worker is a restart of each about every 20 minutes (4 workers);
+# at 20,000 one of them restarted every minute, and each restart costs a worker's warm pool and caches.
+max_requests = 100000
+max_requests_jitter = 10000
+# A burst (every device within the same 10 s) must wait in a queue, not be dropped. The kernel's accept queue
+# (`backlog`, capped by net.core.somaxconn: 4096 here) overflowed with the default 2048: its SYNs were retried
+# and some fell back to SYN cookies, one of which failed (a reset device). Each gthread worker also takes up to
+# `worker_connections` accepted connections into its own queue (default 1000): 4 x 5,000 + 4,096 holds the
+# whole 20,000-device fleet at once. Queued connections cost a file descriptor and a few KiB each.
+backlog = int(os.environ.get("FLEET_BACKLOG", "4096"))
+
+
+def _open_files_allowing(wanted):
+    """Raise this process's soft open-file limit towards `wanted` (workers inherit it); the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+    return soft
+
+
+# Without the file descriptors for them, accept() fails (EMFILE) and the worker dies: fit the queue to the limit,
+# keeping some descriptors for the database pool, logs and metrics files.
+_wanted_connections = int(os.environ.get("FLEET_WORKER_CONNECTIONS", "5000"))
+_open_files = _open_files_allowing(_wanted_connections + 256)
+worker_connections = max(
+    threads + 1,
+    _wanted_connections if _open_files == resource.RLIM_INFINITY else min(_wanted_connections, _open_files - 256),
+)
 timeout = 30
 graceful_timeout = 20
 # JSON lines on stdout (level FLEET_LOG_LEVEL); access lines carry X-Request-ID and never a request header.

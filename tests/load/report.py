@@ -77,6 +77,9 @@ def server_defaults() -> tuple[int, int]:
     return default("FLEET_WORKERS", 2), default("FLEET_THREADS", 4)
 
 
+_QS = ("p50", "p95", "p99")
+
+
 def steps(quick: bool, out: Path, workers: int, threads: int) -> list[Step]:
     server = ["--workers", str(workers), "--threads", str(threads)]
     if quick:
@@ -366,6 +369,13 @@ def _locust(doc: Doc, r: dict[str, Any] | None) -> None:
         " Devices open a connection per reading; every request must succeed.",
         "",
     )
+    nice = next((sc["locust"].get("client_nice") for sc in r.get("scenarios", {}).values() if "locust" in sc), None)
+    if nice:
+        doc.add(
+            f"locust (one process) runs at scheduling priority {nice}: real devices have CPUs of their own, and a load"
+            " generator that waits for the server's cores adds that wait to every response time it measures.",
+            "",
+        )
     for name, s in r.get("scenarios", {}).items():
         lc = s.get("locust", {})
         sm = lc.get("summary", {})
@@ -433,6 +443,29 @@ def _locust(doc: Doc, r: dict[str, Any] | None) -> None:
             for req, st in stats.items()
         ]
         doc.table(["request (locust)", "n", "failures", "p50 ms", "p95 ms", "p99 ms", "max ms", "req/s"], rows)
+        handler = s.get("handler_latency", {})
+        if handler:
+            doc.add(
+                "The app's own time per request (gunicorn access log, from the request read to the response written;"
+                " not the time queued for a thread or in the kernel), over the same phase, next to locust's:",
+                "",
+            )
+            hrows = []
+            for req, h in handler.items():
+                http = (
+                    stats.get(req, {})
+                    if req != "ingest"
+                    else {q: max((v.get(q) or 0) for k, v in stats.items() if k.startswith("ingest")) for q in _QS}
+                )
+                hrows.append(
+                    [
+                        req,
+                        _n(h.get("n")),
+                        " / ".join(_n(h.get(q), 1) for q in _QS),
+                        " / ".join(_n(http.get(q)) for q in _QS),
+                    ]
+                )
+            doc.table(["request", "n (server)", "server p50/p95/p99 ms", "locust p50/p95/p99 ms"], hrows)
         before, during = s.get("baseline_direct", {}), _get(s, "direct_during", "latency", default={})
         if before or during:
             drows = []
@@ -441,16 +474,23 @@ def _locust(doc: Doc, r: dict[str, Any] | None) -> None:
                 drows.append(
                     [
                         req,
-                        " / ".join(_n(http.get(q)) for q in ("p50", "p95", "p99")),
-                        " / ".join(_n(_get(during, req, q), 2) for q in ("p50", "p95", "p99")),
-                        " / ".join(_n(_get(before, req, q), 2) for q in ("p50", "p95", "p99")),
+                        " / ".join(_n(http.get(q)) for q in _QS),
+                        " / ".join(_n(_get(handler, req, q), 1) for q in _QS),
+                        " / ".join(_n(_get(during, req, q), 2) for q in _QS),
+                        " / ".join(_n(_get(before, req, q), 2) for q in _QS),
                     ]
                 )
             doc.add(
                 "Dashboards through HTTP while the fleet ingests, next to the bare data-layer call (baselines):", ""
             )
             doc.table(
-                ["dashboard call", "HTTP (locust) p50/p95/p99 ms", "bare SQL during the run", "bare SQL just before"],
+                [
+                    "dashboard call",
+                    "HTTP (locust) p50/p95/p99 ms",
+                    "server handler",
+                    "bare SQL during the run",
+                    "bare SQL just before",
+                ],
                 drows,
             )
             perf, perf_d = stats.get("performance 24h", {}), _get(during, "performance 24h", default={})
