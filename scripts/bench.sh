@@ -5,7 +5,7 @@
 # vs direct SQL, status and 24 h analytics at full-fleet-day scale, the locust steady fleet and burst, the embedded
 # engine's continuous aggregates and compression, and history growth over 7 days. Raw results go to
 # var/bench/<UTC timestamp>/, the report to docs/BENCHMARKS.md. Loopback only; every cluster, server and load
-# generator it starts is stopped (by PID) and removed, also on Ctrl-C. About 40 minutes on 2 cores.
+# generator it starts is stopped (by PID) and removed, also on Ctrl-C. About 20 minutes on a quiet 2-core machine.
 #   bash scripts/bench.sh            # the full run: writes docs/BENCHMARKS.md
 #   bash scripts/bench.sh --quick    # small scale, a few minutes (development): var/bench/<ts>/BENCHMARKS.md
 #   bash scripts/bench.sh --only bench_embedded,bench_growth    # some steps only
