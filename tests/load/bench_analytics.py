@@ -77,6 +77,7 @@ from api.analytics import service as analytics_service
 from api.analytics.window import Window
 from api.devices import service as devices_service
 from db import analytics, devices, keys
+from tests.load.benchlib import CpuWatch, cpu_line, log, proc_table, stop_process, summarize, tail
 from tests.load.fleet_day import LoadStats, load_fleet_day, meter_id, vehicle_id
 from tests.load.native_cluster import native_cluster, require_native_engine
 
@@ -99,122 +100,6 @@ BENCH_SETTINGS: dict[str, str] = {
     "effective_io_concurrency": "256",
     "max_connections": "100",
 }
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-_T0 = time.monotonic()
-
-
-def log(message: str) -> None:
-    """Progress line with the seconds since start."""
-    print(f"[{time.monotonic() - _T0:7.1f} s] {message}", flush=True)
-
-
-# --- statistics ----------------------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of an ascending sequence."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, -(-len(sorted_values) * q // 100))
-    return sorted_values[int(rank) - 1]
-
-
-def summarize(seconds: Sequence[float]) -> dict[str, float]:
-    """n, p50, p95, p99, max, mean of durations, in ms."""
-    ms = sorted(s * 1000.0 for s in seconds)
-    return {
-        "n": len(ms),
-        "p50": percentile(ms, 50),
-        "p95": percentile(ms, 95),
-        "p99": percentile(ms, 99),
-        "max": ms[-1] if ms else float("nan"),
-        "mean": sum(ms) / len(ms) if ms else float("nan"),
-    }
-
-
-# --- CPU of this benchmark, the cluster and everyone else ---------------------------------------------------------
-
-
-def _proc_table() -> dict[int, tuple[int, float, float, str]]:
-    """pid -> (ppid, CPU seconds of the process, of its reaped children, command name), from /proc."""
-    table: dict[int, tuple[int, float, float, str]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        close = raw.rfind(b")")
-        fields = raw[close + 2 :].split()
-        own = (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime stime
-        reaped = (int(fields[13]) + int(fields[14])) / _CLK_TCK  # cutime cstime
-        table[int(entry.name)] = (int(fields[1]), own, reaped, raw[raw.find(b"(") + 1 : close].decode())
-    return table
-
-
-def _descendants(table: dict[int, tuple[int, float, float, str]], roots: Sequence[int]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, *_) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    out: set[int] = set()
-    todo = [r for r in roots if r in table]
-    while todo:
-        pid = todo.pop()
-        if pid not in out:
-            out.add(pid)
-            todo.extend(children.get(pid, []))
-    return out
-
-
-class CpuWatch:
-    """Machine CPU between two points, split into ours (this process tree + the cluster) and others, % of all cores."""
-
-    def __init__(self) -> None:
-        self.roots: list[int] = [os.getpid()]
-        self._start: tuple[dict[int, tuple[int, float, float, str]], list[float]] | None = None
-
-    @staticmethod
-    def _machine() -> list[float]:
-        with open("/proc/stat") as f:
-            return [int(v) / _CLK_TCK for v in f.readline().split()[1:9]]
-
-    def start(self) -> None:
-        self._start = (_proc_table(), self._machine())
-
-    def stop(self) -> dict[str, Any]:
-        assert self._start is not None
-        before, m0 = self._start
-        after, m1 = _proc_table(), self._machine()
-        delta = [b - a for a, b in zip(m0, m1, strict=True)]
-        capacity = sum(delta) or 1.0
-        busy = capacity - delta[3] - delta[4]
-        ours = _descendants(after, self.roots)
-        used: dict[str, float] = {}
-        mine = 0.0
-        for pid, (_, own, reaped, name) in after.items():
-            spent = own - (before[pid][1] if pid in before else 0.0)
-            if pid in ours:
-                # Our processes' exited children (loader processes, gunicorn workers) count as ours.
-                mine += spent + reaped - (before[pid][2] if pid in before else 0.0)
-            elif spent > 0:
-                used[name] = used.get(name, 0.0) + spent
-        top = sorted(used.items(), key=lambda kv: -kv[1])[:3]
-        return {
-            "busy_pct": round(100 * busy / capacity, 1),
-            "ours_pct": round(100 * mine / capacity, 1),
-            "others_pct": round(100 * max(0.0, busy - mine) / capacity, 1),
-            "others_top": {name: round(100 * cpu / capacity, 1) for name, cpu in top if cpu > 0.005 * capacity},
-        }
-
-
-def _cpu_line(cpu: dict[str, Any]) -> str:
-    top = ", ".join(f"{k} {v:.0f} %" for k, v in cpu["others_top"].items()) or "-"
-    return (
-        f"machine CPU busy {cpu['busy_pct']:.0f} % of all cores: this benchmark + cluster {cpu['ours_pct']:.0f} %,"
-        f" other processes {cpu['others_pct']:.0f} % ({top})"
-    )
 
 
 # --- gunicorn -----------------------------------------------------------------------------------------------
@@ -236,7 +121,7 @@ def gunicorn_server(database_url: str, workers: int, threads: int, log_dir: Path
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{_tail(log_path)}")
+                raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{tail(log_path)}")
             with suppress(OSError):
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
                 try:
@@ -246,35 +131,12 @@ def gunicorn_server(database_url: str, workers: int, threads: int, log_dir: Path
                 finally:
                     conn.close()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn not ready within 60 s:\n{_tail(log_path)}")
+                raise RuntimeError(f"gunicorn not ready within 60 s:\n{tail(log_path)}")
             time.sleep(0.2)
         log(f"gunicorn ready on 127.0.0.1:{port} (PID {proc.pid}, {workers} workers x {threads} threads)")
         yield port
     finally:
-        _stop_process_tree(proc)
-
-
-def _stop_process_tree(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the gunicorn master (graceful); if it does not stop, SIGKILL it and each worker, by PID."""
-    if proc.poll() is not None:
-        return
-    workers = _descendants(_proc_table(), [proc.pid]) - {proc.pid}
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-    for pid in workers:
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+        stop_process(proc, name="gunicorn")
 
 
 class HttpClient:
@@ -353,7 +215,7 @@ def engine_info(conn: Connection) -> dict[str, Any]:
 
 def postmaster_pid(backend_pid: int) -> int | None:
     """The cluster's postmaster: the parent of one of its backends (same machine, loopback)."""
-    table = _proc_table()
+    table = proc_table()
     return table[backend_pid][0] if backend_pid in table else None
 
 
@@ -573,7 +435,7 @@ def render_report(report: dict[str, Any]) -> str:
         f" ({load['generate_rows_per_second']:,.0f} rows/s per core); mapping + current state"
         f" {load['current_seconds']:.1f} s; VACUUM (ANALYZE) {load['vacuum_analyze_seconds']:.1f} s;"
         f" CHECKPOINT {load['checkpoint_seconds']:.1f} s; total {load['total_seconds']:.1f} s",
-        f"load CPU: {_cpu_line(load['cpu'])}",
+        f"load CPU: {cpu_line(load['cpu'])}",
     ]
     for table in ("meter_readings", "vehicle_readings"):
         s = sizes[table]
@@ -604,7 +466,7 @@ def render_report(report: dict[str, Any]) -> str:
     out += ["", f"sequential requests, {report['parameters']['samples']} random devices, after warm-up:"]
     out += render_latency(report["latency"])
     for phase, cpu in report["cpu"].items():
-        out.append(f"CPU during {phase}: {_cpu_line(cpu)}")
+        out.append(f"CPU during {phase}: {cpu_line(cpu)}")
     out.append("")
     for name, verdict in report["targets"].items():
         out.append(f"target {name}: {verdict}")

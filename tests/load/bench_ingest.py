@@ -70,7 +70,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -83,6 +83,7 @@ from sqlalchemy.engine import Engine
 import db
 from db import keys
 from db.readings import MeterReading, VehicleReading
+from tests.load.benchlib import stop_process, tail
 from tests.load.native_cluster import native_cluster, require_native_engine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -534,7 +535,7 @@ def gunicorn_server(
         _wait_ready(proc, server)
         yield server
     finally:
-        _stop_gunicorn(proc)
+        stop_process(proc, name="gunicorn")
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], server: Gunicorn, timeout: float = 60.0) -> None:
@@ -542,7 +543,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], server: Gunicorn, timeout: float 
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{_tail(server.log_path)}")
+            raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{tail(server.log_path)}")
         try:
             conn = http.client.HTTPConnection(host, int(port), timeout=2)
             conn.request("GET", "/ready")
@@ -553,31 +554,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], server: Gunicorn, timeout: float 
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"gunicorn not ready after {timeout:g} s:\n{_tail(server.log_path)}")
+            raise RuntimeError(f"gunicorn not ready after {timeout:g} s:\n{tail(server.log_path)}")
         time.sleep(0.2)
-
-
-def _stop_gunicorn(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the master (graceful), then SIGKILL it and any worker it left, by PID."""
-    if proc.poll() is not None:
-        return
-    workers = [p for p in _descendants(_proc_table(), proc.pid) if p != proc.pid]
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-    for pid in workers:
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 # --- scenarios ----------------------------------------------------------------------------------------------
