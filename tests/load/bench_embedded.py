@@ -34,11 +34,9 @@ What is measured
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -56,7 +54,7 @@ from sqlalchemy.pool import NullPool
 from db import analytics
 from db.migrate import upgrade
 from jobs import engine as embedded
-from tests.load.benchlib import CpuWatch, install_signal_handlers, log, machine_info, summarize
+from tests.load.benchlib import CpuWatch, log, machine_info, run_benchmark, summarize
 from tests.load.fleet_day import MAPPING_LEAD, generate_text_blocks, vehicle_id
 
 CAGGS = {"meter_readings_1h": "meter_readings", "vehicle_readings_1h": "vehicle_readings"}
@@ -396,30 +394,10 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _timeout(signum: int, frame: object) -> None:
-    raise TimeoutError("bench_embedded exceeded --timeout")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    install_signal_handlers()
-    signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(args.timeout)
-    try:
-        report = run(args)
-    except KeyboardInterrupt as exc:
-        log(f"interrupted ({exc}); the embedded engine was stopped and its directory removed")
-        return 130
-    except TimeoutError as exc:
-        log(f"{exc}; the embedded engine was stopped and its directory removed")
-        return 1
-    finally:
-        signal.alarm(0)
-    print(render(report), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        log(f"results written to {args.json}")
-    return 0
+    cleaned_up = "the embedded engine was stopped and its directory removed"
+    return run_benchmark("bench_embedded", args, run, render, cleaned_up)
 
 
 if __name__ == "__main__":

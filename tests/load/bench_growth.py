@@ -29,10 +29,8 @@ shared: the CPU used by other processes during each measurement is reported besi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +45,7 @@ from sqlalchemy.engine import Connection
 import db
 from db import analytics, devices
 from tests.load.bench_analytics import BENCH_SETTINGS, prewarm
-from tests.load.benchlib import CpuWatch, install_signal_handlers, log, machine_info, proc_table, summarize
+from tests.load.benchlib import CpuWatch, log, machine_info, proc_table, run_benchmark, summarize
 from tests.load.fleet_day import load_fleet_day, meter_id, vehicle_id
 from tests.load.native_cluster import native_cluster, require_native_engine
 
@@ -215,31 +213,10 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _timeout(signum: int, frame: object) -> None:
-    raise TimeoutError("bench_growth exceeded --timeout")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     require_native_engine()
-    install_signal_handlers()
-    signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(args.timeout)
-    try:
-        report = run(args)
-    except KeyboardInterrupt as exc:
-        log(f"interrupted ({exc}); the cluster was stopped and removed")
-        return 130
-    except TimeoutError as exc:
-        log(f"{exc}; the cluster was stopped and removed")
-        return 1
-    finally:
-        signal.alarm(0)
-    print(render(report), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        log(f"results written to {args.json}")
-    return 0
+    return run_benchmark("bench_growth", args, run, render, "the cluster was stopped and removed")
 
 
 if __name__ == "__main__":

@@ -388,3 +388,37 @@ def install_signal_handlers() -> None:
 
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+def run_benchmark(
+    name: str,
+    args: Any,
+    run: Callable[[Any], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    cleaned_up: str,
+) -> int:
+    """A benchmark's main: `run(args)` bounded by `args.timeout` seconds and stoppable by SIGINT/SIGTERM (its
+    `with`/`finally` blocks clean up), then the rendered report on stdout and the JSON to `args.json` when given.
+    Exit code 0, 130 when interrupted, 1 past the timeout; `cleaned_up` says what the clean-up did."""
+
+    def _timeout(signum: int, frame: object) -> None:
+        raise TimeoutError(f"{name} exceeded --timeout")
+
+    install_signal_handlers()
+    signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(args.timeout)
+    try:
+        report = run(args)
+    except KeyboardInterrupt as exc:
+        log(f"interrupted ({exc}); {cleaned_up}")
+        return 130
+    except TimeoutError as exc:
+        log(f"{exc}; {cleaned_up}")
+        return 1
+    finally:
+        signal.alarm(0)
+    print(render(report), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        log(f"results written to {args.json}")
+    return 0
