@@ -55,7 +55,6 @@ import json
 import os
 import platform
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -77,7 +76,7 @@ from api.analytics import service as analytics_service
 from api.analytics.window import Window
 from api.devices import service as devices_service
 from db import analytics, devices, keys
-from tests.load.benchlib import CpuWatch, cpu_line, log, proc_table, stop_process, summarize, tail
+from tests.load.benchlib import CpuWatch, cpu_line, log, proc_table, run_benchmark, stop_process, summarize, tail
 from tests.load.fleet_day import LoadStats, load_fleet_day, meter_id, vehicle_id
 from tests.load.native_cluster import native_cluster, require_native_engine
 
@@ -520,14 +519,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _timeout(signum: int, frame: object) -> None:
-    raise TimeoutError("benchmark exceeded --timeout")
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = dict(BENCH_SETTINGS)
     for item in args.pg_setting:
@@ -705,23 +696,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     require_native_engine()
-    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Ctrl-C / kill -INT must still clean up.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(args.timeout)
-    try:
-        report = run(args)
-    except KeyboardInterrupt as exc:
-        log(f"interrupted ({exc}); every process started was stopped and the cluster removed")
-        return 130
-    finally:
-        signal.alarm(0)
-    print(render_report(report), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-        log(f"report written to {args.json}")
-    return 1 if report["correctness"]["problems"] else 0
+    cleaned_up = "every process started was stopped and the cluster removed"
+    return run_benchmark(
+        "bench_analytics", args, run, render_report, cleaned_up, passed=lambda r: not r["correctness"]["problems"]
+    )
 
 
 if __name__ == "__main__":

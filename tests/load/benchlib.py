@@ -396,17 +396,19 @@ def run_benchmark(
     run: Callable[[Any], dict[str, Any]],
     render: Callable[[dict[str, Any]], str],
     cleaned_up: str,
+    passed: Callable[[dict[str, Any]], bool] = lambda report: True,
 ) -> int:
     """A benchmark's main: `run(args)` bounded by `args.timeout` seconds and stoppable by SIGINT/SIGTERM (its
     `with`/`finally` blocks clean up), then the rendered report on stdout and the JSON to `args.json` when given.
-    Exit code 0, 130 when interrupted, 1 past the timeout; `cleaned_up` says what the clean-up did."""
+    Exit code 0 (1 when not `passed(report)`), 130 when interrupted, 1 past the timeout; `cleaned_up` says what
+    the clean-up did."""
 
     def _timeout(signum: int, frame: object) -> None:
         raise TimeoutError(f"{name} exceeded --timeout")
 
     install_signal_handlers()
     signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(args.timeout)
+    signal.alarm(int(args.timeout))
     try:
         report = run(args)
     except KeyboardInterrupt as exc:
@@ -421,4 +423,4 @@ def run_benchmark(
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
         log(f"results written to {args.json}")
-    return 0
+    return 0 if passed(report) else 1

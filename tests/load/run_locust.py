@@ -50,7 +50,6 @@ import os
 import queue
 import random
 import resource
-import signal
 import subprocess
 import sys
 import threading
@@ -78,10 +77,10 @@ from tests.load.benchlib import (
     cpu_line,
     descendants,
     gunicorn_server,
-    install_signal_handlers,
     log,
     machine_info,
     proc_table,
+    run_benchmark,
     stop_process,
     summarize,
     tail,
@@ -918,29 +917,9 @@ def _f(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def _timeout(signum: int, frame: object) -> None:
-    raise TimeoutError("run_locust exceeded --timeout")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    install_signal_handlers()
-    signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(int(args.timeout))
-    try:
-        report = run(args)
-    except KeyboardInterrupt as exc:
-        log(f"interrupted ({exc}); everything started was stopped")
-        return 130
-    except TimeoutError as exc:
-        log(f"{exc}; everything started was stopped")
-        return 1
-    finally:
-        signal.alarm(0)
-    args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(render(report), flush=True)
-    log(f"report written to {args.json}")
-    return 0 if report["ok"] else 1
+    return run_benchmark("run_locust", args, run, render, "everything started was stopped", passed=lambda r: r["ok"])
 
 
 if __name__ == "__main__":
