@@ -39,6 +39,9 @@ ALL_ENGINES = ("native", "embedded")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_LIB = Path("/usr/lib/postgresql/15/lib")
 NATIVE_DBNAME = "fleet_test"
+PG_CTL_AS_POSTGRES = Path(__file__).resolve().parent / "pg_ctl_as_postgres"
+#: Server options every native test cluster starts with.
+TIMESCALEDB_OPTIONS = "-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
 
 #: Tables a test may write to; `clean_db` empties them afterwards.
 PLATFORM_TABLES = (
@@ -74,20 +77,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def native_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgreSQLExecutor]:
+def native_proc() -> Iterator[PostgreSQLExecutor]:
     """A throw-away PostgreSQL 15 cluster with TimescaleDB preloaded, on a free loopback port."""
     if not (PG_BIN / "pg_ctl").exists() or not list(PG_LIB.glob("timescaledb-*.so")):
         pytest.fail("PostgreSQL 15 with TimescaleDB is required: run scripts/provision-native.sh")
+    base, pg_ctl = cluster_dir("fleet-native-")
+    try:
+        with native_executor(base, pg_ctl, NATIVE_DBNAME) as proc:
+            yield proc
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def cluster_dir(prefix: str) -> tuple[Path, str]:
+    """A fresh directory for a throw-away cluster (the caller removes it), and the pg_ctl to drive it with.
+    PostgreSQL refuses to run as root, and pytest's temp dirs are root-only: as root the directory belongs to the
+    postgres system user and pg_ctl runs through a runuser wrapper."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
     if os.geteuid() == 0:
-        # PostgreSQL refuses to run as root, and pytest's temp dirs are root-only: give the cluster a
-        # directory owned by the postgres system user and drive it through a runuser wrapper.
-        base = Path(tempfile.mkdtemp(prefix="fleet-native-"))
         shutil.chown(base, "postgres", "postgres")
-        pg_ctl = str(Path(__file__).parent / "pg_ctl_as_postgres")
-    else:
-        base = tmp_path_factory.mktemp("native")
-        pg_ctl = str(PG_BIN / "pg_ctl")
-    proc = PostgreSQLExecutor(
+        return base, str(PG_CTL_AS_POSTGRES)
+    return base, str(PG_BIN / "pg_ctl")
+
+
+def native_executor(base: Path, pg_ctl: str, dbname: str) -> PostgreSQLExecutor:
+    """A PostgreSQL 15 cluster with TimescaleDB preloaded in `base`, on a free loopback port (not started)."""
+    return PostgreSQLExecutor(
         executable=pg_ctl,
         host="127.0.0.1",
         port=port_for.select_random(),
@@ -95,12 +110,9 @@ def native_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgreSQL
         unixsocketdir=str(base),
         logfile=str(base / "postgresql.log"),
         startparams="-w",
-        dbname=NATIVE_DBNAME,
-        postgres_options="-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off",
+        dbname=dbname,
+        postgres_options=TIMESCALEDB_OPTIONS,
     )
-    with proc:
-        yield proc
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

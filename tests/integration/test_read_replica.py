@@ -15,12 +15,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import port_for
@@ -35,12 +33,11 @@ from api import create_app
 from api.config import Settings
 from db import keys
 from db.migrate import upgrade
-from tests.conftest import PG_BIN, PG_LIB, make_test_engine, selected_engines
+from tests.conftest import PG_BIN, PG_LIB, TIMESCALEDB_OPTIONS, cluster_dir, make_test_engine, selected_engines
 
 pytestmark = pytest.mark.native
 
 DBNAME = "fleet_replicated"
-TIMESCALEDB = "-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
 #: Every wait here is bounded: replay of a few statements takes milliseconds.
 WAIT_S = 30.0
 
@@ -123,12 +120,7 @@ def replication() -> Iterator[Replication]:
         pytest.skip("native engine not selected (FLEET_TEST_ENGINES)")
     if not (PG_BIN / "pg_basebackup").exists() or not list(PG_LIB.glob("timescaledb-*.so")):
         pytest.fail("PostgreSQL 15 with TimescaleDB is required: run scripts/provision-native.sh")
-    base = Path(tempfile.mkdtemp(prefix="fleet-replica-"))
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres", "postgres")
-        pg_ctl = str(Path(__file__).resolve().parents[1] / "pg_ctl_as_postgres")
-    else:
-        pg_ctl = str(PG_BIN / "pg_ctl")
+    base, pg_ctl = cluster_dir("fleet-replica-")
     common = {"executable": pg_ctl, "host": "127.0.0.1", "unixsocketdir": str(base), "startparams": "-w"}
     primary = PostgreSQLExecutor(
         **common,
@@ -136,7 +128,7 @@ def replication() -> Iterator[Replication]:
         datadir=str(base / "primary"),
         logfile=str(base / "primary.log"),
         dbname=DBNAME,
-        postgres_options=f"{TIMESCALEDB} -c wal_level=replica -c max_wal_senders=4",
+        postgres_options=f"{TIMESCALEDB_OPTIONS} -c wal_level=replica -c max_wal_senders=4",
     )
     try:
         with primary:
@@ -156,7 +148,7 @@ def replication() -> Iterator[Replication]:
                 datadir=str(base / "standby"),
                 logfile=str(base / "standby.log"),
                 dbname=DBNAME,
-                postgres_options=f"{TIMESCALEDB} -c hot_standby=on",
+                postgres_options=f"{TIMESCALEDB_OPTIONS} -c hot_standby=on",
             )
             with standby:
                 rep = Replication(

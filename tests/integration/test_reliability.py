@@ -53,7 +53,6 @@ import shutil
 import signal
 import socket
 import statistics
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -73,12 +72,11 @@ from sqlalchemy.engine import Engine
 import db
 from db import keys
 from db.migrate import upgrade
+from tests.conftest import cluster_dir, native_executor
 from tests.integration.gunicorn_server import Server, gunicorn, http, parent_pid
 
 pytestmark = pytest.mark.native
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-PG_CTL_AS_POSTGRES = Path(__file__).resolve().parent.parent / "pg_ctl_as_postgres"
 DBNAME = "fleet_reliability"
 INGEST_PATH = "/v1/telemetry/ingest"
 
@@ -141,27 +139,11 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(engine_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(engine_kind: str) -> Iterator[Cluster]:
     """A throw-away PostgreSQL 15 + TimescaleDB cluster (as `native_proc`), migrated, used only here."""
     assert engine_kind == "native"
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the postgres system user
-        base = Path(tempfile.mkdtemp(prefix="fleet-reliability-"))
-        shutil.chown(base, "postgres", "postgres")
-        pg_ctl = str(PG_CTL_AS_POSTGRES)
-    else:
-        base = tmp_path_factory.mktemp("reliability")
-        pg_ctl = str(PG_BIN / "pg_ctl")
-    proc = PostgreSQLExecutor(
-        executable=pg_ctl,
-        host="127.0.0.1",
-        port=port_for.select_random(),
-        datadir=str(base / "data"),
-        unixsocketdir=str(base),
-        logfile=str(base / "postgresql.log"),
-        startparams="-w",
-        dbname=DBNAME,
-        postgres_options="-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off",
-    )
+    base, pg_ctl = cluster_dir("fleet-reliability-")
+    proc = native_executor(base, pg_ctl, DBNAME)
     try:
         with proc, DatabaseJanitor(user=proc.user, host=proc.host, port=proc.port, dbname=DBNAME):
             url = f"postgresql+psycopg://{proc.user}@{proc.host}:{proc.port}/{DBNAME}"

@@ -55,19 +55,17 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import port_for
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -76,7 +74,7 @@ from api.analytics import service as analytics_service
 from api.analytics.window import Window
 from api.devices import service as devices_service
 from db import analytics, devices, keys
-from tests.load.benchlib import CpuWatch, cpu_line, log, proc_table, run_benchmark, stop_process, summarize, tail
+from tests.load.benchlib import CpuWatch, cpu_line, gunicorn_server, log, proc_table, run_benchmark, summarize
 from tests.load.fleet_day import LoadStats, load_fleet_day, meter_id, vehicle_id
 from tests.load.native_cluster import native_cluster, require_native_engine
 
@@ -99,43 +97,6 @@ BENCH_SETTINGS: dict[str, str] = {
     "effective_io_concurrency": "256",
     "max_connections": "100",
 }
-
-
-# --- gunicorn -----------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def gunicorn_server(database_url: str, workers: int, threads: int, log_dir: Path) -> Iterator[int]:
-    """`fleet serve` on a free loopback port; yields the port once GET /ready is 200; stopped by PID after."""
-    port = port_for.select_random()
-    env = {**os.environ, "DATABASE_URL": database_url, "FLEET_RATE_LIMIT": "off"}
-    for name in ("FLEET_WORKERS", "FLEET_THREADS", "FLEET_BIND", "GUNICORN_CMD_ARGS"):
-        env.pop(name, None)
-    log_path = log_dir / "gunicorn.log"
-    command = [sys.executable, "-m", "jobs.cli", "serve", "--bind", f"127.0.0.1:{port}"]
-    command += ["--workers", str(workers), "--threads", str(threads)]
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{tail(log_path)}")
-            with suppress(OSError):
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                try:
-                    conn.request("GET", "/ready")
-                    if conn.getresponse().status == 200:
-                        break
-                finally:
-                    conn.close()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn not ready within 60 s:\n{tail(log_path)}")
-            time.sleep(0.2)
-        log(f"gunicorn ready on 127.0.0.1:{port} (PID {proc.pid}, {workers} workers x {threads} threads)")
-        yield port
-    finally:
-        stop_process(proc, name="gunicorn")
 
 
 class HttpClient:
@@ -605,7 +566,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             api_key = keys.create_key(conn, "bench-analytics", "read", None)[1]
         service_engine = db.make_engine(url, pool_size=1, connect_timeout=30)
         stack.callback(service_engine.dispose)
-        port = stack.enter_context(gunicorn_server(url, args.workers, args.threads, tmp))
+        log_path = tmp / "gunicorn.log"
+        no_limit = {"FLEET_RATE_LIMIT": "off"}
+        server = gunicorn_server(url, workers=args.workers, threads=args.threads, log_path=log_path, env=no_limit)
+        port = stack.enter_context(server).port
         client = HttpClient(port, api_key)
         stack.callback(client.close)
 

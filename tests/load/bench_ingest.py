@@ -83,7 +83,7 @@ from sqlalchemy.engine import Engine
 import db
 from db import keys
 from db.readings import MeterReading, VehicleReading
-from tests.load.benchlib import stop_process, tail
+from tests.load.benchlib import descendants, machine_jiffies, proc_table, stop_process, tail
 from tests.load.native_cluster import native_cluster, require_native_engine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -94,7 +94,6 @@ MINUTES_PER_WINDOW = 24 * 60
 TARGETS = {"single": 1_000.0, "batch": 30_000.0}
 PATHS = ("direct", "api")
 WORKLOADS = ("single", "batch")
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 logger = logging.getLogger("bench_ingest")
 
@@ -382,40 +381,6 @@ class _ApiRunner:
 # --- CPU accounting from /proc ------------------------------------------------------------------------------
 
 
-def _proc_table() -> dict[int, tuple[int, float, float, str]]:
-    """pid -> (ppid, CPU seconds of the process, CPU seconds of its reaped children, command name)."""
-    table: dict[int, tuple[int, float, float, str]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        close = raw.rfind(b")")
-        fields = raw[close + 2 :].split()
-        # fields[0] is field 3 (state): ppid is field 4, utime..cstime are fields 14-17.
-        own = (int(fields[11]) + int(fields[12])) / _CLK_TCK
-        reaped = (int(fields[13]) + int(fields[14])) / _CLK_TCK
-        name = raw[raw.find(b"(") + 1 : close].decode(errors="replace")
-        table[int(entry.name)] = (int(fields[1]), own, reaped, name)
-    return table
-
-
-def _descendants(table: dict[int, tuple[int, float, float, str]], root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, *_) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if pid in table:
-            out.append(pid)
-            todo.extend(children.get(pid, []))
-    return out
-
-
 @dataclass
 class CpuSnapshot:
     table: dict[int, tuple[int, float, float, str]]
@@ -433,14 +398,14 @@ class CpuWatch:
         self.roots = roots
 
     def snapshot(self) -> CpuSnapshot:
-        table = _proc_table()
+        table = proc_table()
         # A tree's CPU includes what its reaped processes used: a child that ends inside the window (a recycled
         # worker, a short-lived backend) was either a live descendant at the first snapshot or started after it.
         trees = {
-            name: sum(table[p][1] + table[p][2] for p in _descendants(table, root)) for name, root in self.roots.items()
+            name: sum(table[p][1] + table[p][2] for p in descendants(table, [root]))
+            for name, root in self.roots.items()
         }
-        with open("/proc/stat") as f:
-            machine = [int(v) / _CLK_TCK for v in f.readline().split()[1:9]]
+        machine = machine_jiffies()
         r = resource.getrusage(resource.RUSAGE_SELF)
         return CpuSnapshot(table, trees, machine, r.ru_utime + r.ru_stime)
 
@@ -455,7 +420,7 @@ class CpuWatch:
         mine = clients + (after.bench - before.bench) + sum(tracked.values())
         ours: set[int] = {os.getpid()}
         for root in (os.getpid(), *self.roots.values()):
-            ours.update(_descendants(after.table, root))
+            ours.update(descendants(after.table, [root]))
         outside: dict[str, float] = {}  # own CPU only: a reaped child's whole life would land on its parent
         for pid, (_, used, _, name) in after.table.items():
             if pid not in ours:
@@ -725,7 +690,7 @@ def engine_info(engine: Engine) -> dict[str, Any]:
     with engine.connect() as conn:
         info = dict(conn.execute(query).mappings().one())
     backend = info.pop("backend_pid")
-    info["postmaster_pid"] = _proc_table()[backend][0]
+    info["postmaster_pid"] = proc_table()[backend][0]
     return info
 
 

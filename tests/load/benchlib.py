@@ -126,7 +126,8 @@ def descendants(table: ProcTable, roots: Sequence[int]) -> set[int]:
     return out
 
 
-def _machine_jiffies() -> list[float]:
+def machine_jiffies() -> list[float]:
+    """The machine's CPU seconds so far (/proc/stat: user, nice, system, idle, iowait, irq, softirq, steal)."""
     with open("/proc/stat") as f:
         return [int(v) / _CLK_TCK for v in f.readline().split()[1:9]]
 
@@ -140,13 +141,13 @@ class CpuWatch:
         self._start: tuple[ProcTable, list[float]] | None = None
 
     def start(self) -> None:
-        self._start = (proc_table(), _machine_jiffies())
+        self._start = (proc_table(), machine_jiffies())
 
     def stop(self) -> dict[str, Any]:
         if self._start is None:
             raise RuntimeError("CpuWatch.stop() before start()")
         before, m0 = self._start
-        after, m1 = proc_table(), _machine_jiffies()
+        after, m1 = proc_table(), machine_jiffies()
         delta = [b - a for a, b in zip(m0, m1, strict=True)]
         capacity = sum(delta) or 1.0
         busy = capacity - delta[3] - delta[4]
