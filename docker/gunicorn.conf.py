@@ -42,7 +42,7 @@ max_requests_jitter = 10000
 # (`backlog`, capped by net.core.somaxconn: 4096 here) overflowed with the default 2048: SYNs were retried, some
 # fell back to SYN cookies, one cookie failed and one device's connection closed unanswered. Each gthread worker
 # also takes up to `worker_connections` accepted connections into its own queue (default 1000): 4 x 5,000 + 4,096
-# holds the whole 20,000-device fleet at once. Queued connections cost a file descriptor and a few KiB each.
+# holds the whole 20,000-device fleet at once. Each queued connection holds a file descriptor (below).
 backlog = int(os.environ.get("FLEET_BACKLOG", "4096"))
 
 
