@@ -1,12 +1,15 @@
-"""Test databases: both real TimescaleDB engines, started by the tests themselves.
+"""Test databases: three real TimescaleDB engines, started by the tests themselves.
 
-- native: the machine's PostgreSQL 15 with TimescaleDB (Apache edition) built by scripts/provision-native.sh,
-  a throw-away cluster started by pytest-postgresql with `shared_preload_libraries=timescaledb`;
+- native: the machine's PostgreSQL 15 with TimescaleDB 2.28.3 (Community edition) built by
+  scripts/provision-native.sh, a throw-away cluster started by pytest-postgresql with
+  `shared_preload_libraries=timescaledb`; the default engine for concurrency, load, policies and aggregates;
+- native-apache: the same build in a second cluster started with `timescaledb.license=apache`: the Apache edition
+  (hypertables only), the edition fallback;
 - embedded: PGlite + TimescaleDB Community served by db/embedded/server.mjs under our supervisor.
 
 Every test that (indirectly) uses `engine_kind` runs once per engine. Marker `community` keeps a test on the
-embedded engine (Community features), markers `apache` and `native` on the native one. FLEET_TEST_ENGINES narrows the
-run (e.g. `FLEET_TEST_ENGINES=native`).
+Community engines (native and embedded), `apache` on native-apache, `native` on native (a real server, Community).
+FLEET_TEST_ENGINES narrows the run (e.g. `FLEET_TEST_ENGINES=native,native-apache`).
 
 Isolation: the embedded engine has one connection and one database, so both engines use the same scheme: one
 migrated database per session, and the `clean_db` fixture truncates the platform's tables after a test.
@@ -18,6 +21,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +39,17 @@ from db import keys
 from db.migrate import upgrade
 from jobs import engine as embedded
 
-ALL_ENGINES = ("native", "embedded")
+ALL_ENGINES = ("native", "native-apache", "embedded")
+#: Engines running TimescaleDB's Community edition (continuous aggregates, compression, policies).
+COMMUNITY_ENGINES = frozenset({"native", "embedded"})
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_LIB = Path("/usr/lib/postgresql/15/lib")
 NATIVE_DBNAME = "fleet_test"
 PG_CTL_AS_POSTGRES = Path(__file__).resolve().parent / "pg_ctl_as_postgres"
 #: Server options every native test cluster starts with.
 TIMESCALEDB_OPTIONS = "-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
+#: The same build as the Apache edition: continuous aggregates, compression and policies are refused.
+APACHE_OPTIONS = f"{TIMESCALEDB_OPTIONS} -c timescaledb.license=apache"
 
 #: Tables a test may write to; `clean_db` empties them afterwards.
 PLATFORM_TABLES = (
@@ -65,28 +73,54 @@ def selected_engines() -> tuple[str, ...]:
     return chosen
 
 
+def is_community(engine_kind: str) -> bool:
+    """True for the engines that run TimescaleDB's Community edition."""
+    return engine_kind in COMMUNITY_ENGINES
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine_kind" not in metafunc.fixturenames:
         return
     kinds = list(selected_engines())
     if metafunc.definition.get_closest_marker("community"):
-        kinds = [k for k in kinds if k == "embedded"]
-    if metafunc.definition.get_closest_marker("apache") or metafunc.definition.get_closest_marker("native"):
+        kinds = [k for k in kinds if k in COMMUNITY_ENGINES]
+    if metafunc.definition.get_closest_marker("apache"):
+        kinds = [k for k in kinds if k == "native-apache"]
+    if metafunc.definition.get_closest_marker("native"):
         kinds = [k for k in kinds if k == "native"]
     metafunc.parametrize("engine_kind", kinds, scope="session")
 
 
-@pytest.fixture(scope="session")
-def native_proc() -> Iterator[PostgreSQLExecutor]:
-    """A throw-away PostgreSQL 15 cluster with TimescaleDB preloaded, on a free loopback port."""
+@contextmanager
+def _throwaway_cluster(prefix: str, options: str) -> Iterator[PostgreSQLExecutor]:
     if not (PG_BIN / "pg_ctl").exists() or not list(PG_LIB.glob("timescaledb-*.so")):
         pytest.fail("PostgreSQL 15 with TimescaleDB is required: run scripts/provision-native.sh")
-    base, pg_ctl = cluster_dir("fleet-native-")
+    base, pg_ctl = cluster_dir(prefix)
     try:
-        with native_executor(base, pg_ctl, NATIVE_DBNAME) as proc:
+        with native_executor(base, pg_ctl, NATIVE_DBNAME, options=options) as proc:
             yield proc
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def native_proc() -> Iterator[PostgreSQLExecutor]:
+    """A throw-away PostgreSQL 15 cluster with TimescaleDB (Community) preloaded, on a free loopback port.
+    TimescaleDB's own background scheduler runs in it, as in production."""
+    with _throwaway_cluster("fleet-native-", TIMESCALEDB_OPTIONS) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def native_apache_proc() -> Iterator[PostgreSQLExecutor]:
+    """The same build in its own cluster, started as the Apache edition (`timescaledb.license=apache`)."""
+    with _throwaway_cluster("fleet-apache-", APACHE_OPTIONS) as proc:
+        yield proc
+
+
+def proc_of(engine_kind: str, request: pytest.FixtureRequest) -> PostgreSQLExecutor:
+    """The running cluster of a native engine kind."""
+    return request.getfixturevalue("native_apache_proc" if engine_kind == "native-apache" else "native_proc")
 
 
 def cluster_dir(prefix: str) -> tuple[Path, str]:
@@ -100,7 +134,7 @@ def cluster_dir(prefix: str) -> tuple[Path, str]:
     return base, str(PG_BIN / "pg_ctl")
 
 
-def native_executor(base: Path, pg_ctl: str, dbname: str) -> PostgreSQLExecutor:
+def native_executor(base: Path, pg_ctl: str, dbname: str, *, options: str = TIMESCALEDB_OPTIONS) -> PostgreSQLExecutor:
     """A PostgreSQL 15 cluster with TimescaleDB preloaded in `base`, on a free loopback port (not started)."""
     return PostgreSQLExecutor(
         executable=pg_ctl,
@@ -111,7 +145,7 @@ def native_executor(base: Path, pg_ctl: str, dbname: str) -> PostgreSQLExecutor:
         logfile=str(base / "postgresql.log"),
         startparams="-w",
         dbname=dbname,
-        postgres_options=TIMESCALEDB_OPTIONS,
+        postgres_options=options,
     )
 
 
@@ -138,7 +172,7 @@ def database_url(engine_kind: str, request: pytest.FixtureRequest) -> Iterator[s
         cfg: embedded.EngineConfig = request.getfixturevalue("embedded_engine")
         yield cfg.database_url
         return
-    proc: PostgreSQLExecutor = request.getfixturevalue("native_proc")
+    proc = proc_of(engine_kind, request)
     with DatabaseJanitor(user=proc.user, host=proc.host, port=proc.port, dbname=NATIVE_DBNAME):
         yield native_url(proc, NATIVE_DBNAME)
 
@@ -190,19 +224,23 @@ def with_api_key(app: Flask, eng: Engine, role: str = "admin", device_id: str | 
 
 @pytest.fixture
 def both_editions(request: pytest.FixtureRequest) -> Iterator[dict[str, Engine]]:
-    """A migrated, empty database on each engine, for comparing results across editions."""
-    if set(selected_engines()) != {"native", "embedded"}:
-        pytest.skip("needs both engines")
-    proc = request.getfixturevalue("native_proc")
-    cfg = request.getfixturevalue("embedded_engine")
-    with DatabaseJanitor(user=proc.user, host=proc.host, port=proc.port, dbname="fleet_editions"):
-        engines = {
-            "native": make_test_engine("native", native_url(proc, "fleet_editions")),
-            "embedded": make_test_engine("embedded", cfg.database_url),
-        }
+    """A migrated, empty database on each selected engine, for comparing results across editions: native
+    Community against native-apache, and the embedded engine (Community) too when it is selected."""
+    selected = selected_engines()
+    if "native-apache" not in selected or not COMMUNITY_ENGINES & set(selected):
+        pytest.skip("needs native-apache and a Community engine")
+    dbname = "fleet_editions"
+    with ExitStack() as stack:
+        engines: dict[str, Engine] = {}
+        for kind in selected:
+            if kind == "embedded":
+                engines[kind] = make_test_engine(kind, request.getfixturevalue("embedded_engine").database_url)
+                stack.callback(truncate_all, engines[kind])
+                continue
+            proc = proc_of(kind, request)
+            stack.enter_context(DatabaseJanitor(user=proc.user, host=proc.host, port=proc.port, dbname=dbname))
+            engines[kind] = make_test_engine(kind, native_url(proc, dbname))
         for eng in engines.values():
+            stack.callback(eng.dispose)
             upgrade(eng)
         yield engines
-        truncate_all(engines["embedded"])
-        for eng in engines.values():
-            eng.dispose()

@@ -27,7 +27,7 @@ from db import alerts as db_alerts
 from db.schema import alerts as alerts_table
 from jobs.alerts import scan_alerts
 from jobs.cli import main
-from tests.conftest import with_api_key
+from tests.conftest import is_community, with_api_key
 from tests.integration.test_analytics_api import (
     FleetData,
     floor_hour,
@@ -168,7 +168,7 @@ def efficiency_phase_2(d: FleetData) -> None:
 def test_low_efficiency_opens_refreshes_and_resolves(client, clean_db, engine_kind):
     d = efficiency_phase_1()
     post_new(client, d, 0)
-    if engine_kind == "embedded":
+    if is_community(engine_kind):
         refresh_like_policy(clean_db, T0 - HOUR)  # the window's first hour materialised, the second real-time
 
     verdicts_1 = efficiency_verdicts(d, T0 - 2 * HOUR, T0)
@@ -203,7 +203,7 @@ def test_low_efficiency_opens_refreshes_and_resolves(client, clean_db, engine_ki
     posted, mapped = len(d.posted), len(d.mappings)
     efficiency_phase_2(d)
     post_new(client, d, posted, mapped)
-    if engine_kind == "embedded":
+    if is_community(engine_kind):
         refresh_like_policy(clean_db, T0 + HOUR)
 
     verdicts_2 = {v: firing for v, (firing, _) in efficiency_verdicts(d, T0, T0 + 2 * HOUR).items()}
@@ -229,7 +229,7 @@ def test_low_efficiency_opens_refreshes_and_resolves(client, clean_db, engine_ki
 def test_low_efficiency_threshold_and_min_readings_are_parameters(client, clean_db, engine_kind):
     d = efficiency_phase_1()
     post_new(client, d, 0)
-    if engine_kind == "embedded":
+    if is_community(engine_kind):
         refresh_like_policy(clean_db, T0)
     # At 95 % e-ok (92 %) is low too; with min_readings 5 e-sparse (50 %) is judged as well.
     stats = scan(clean_db, SCAN_1, efficiency_threshold=0.95, min_readings=5)
@@ -368,7 +368,7 @@ def test_alerts_identical_on_both_editions(both_editions):
         d.map("x-skew", "x-skew-M", T0 - 5 * HOUR)
         paired(d, "x-skew", "x-skew-M", T0 - 2 * HOUR, 120, lambda i: 40)
         post_new(client, d, 0)
-        if kind == "embedded":
+        if is_community(kind):
             refresh_like_policy(eng, T0 - HOUR)  # part materialised, part real-time
         stats = scan(eng, SCAN_1, silent_minutes=15)
         found[kind] = (
@@ -378,8 +378,9 @@ def test_alerts_identical_on_both_editions(both_editions):
                 for a in stored(eng)
             ),
         )
-    assert found["native"] == found["embedded"]
-    kinds = {(kind, device_id) for kind, _, device_id, *_ in found["native"][1]}
+    reference = found.pop("native-apache")
+    assert found and all(result == reference for result in found.values())
+    kinds = {(kind, device_id) for kind, _, device_id, *_ in reference[1]}
     assert {("low_efficiency", "e-low"), ("low_efficiency", "e-stale"), ("correlation_lost", "x-skew")} <= kinds
 
 
@@ -556,7 +557,7 @@ def test_cli_alerts_scan_and_list(runner, client, clean_db, engine_kind):
     d.meter("cli-M-quiet", now - 40 * MINUTE, 0.1)
     d.meter("cli-M-live", now - MINUTE, 0.1)
     post_new(client, d, 0)
-    if engine_kind == "embedded":
+    if is_community(engine_kind):
         refresh_like_policy(clean_db, floor_hour(now) - 2 * HOUR)
     env = cli_env(clean_db)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import is_community
 from tests.integration.test_analytics_api import refresh_like_policy
 from tests.integration.test_rollups import INSERT_MAPPING, INSERT_METER, INSERT_VEHICLE
 
@@ -47,7 +48,7 @@ def readings(clean_db, engine_kind):
         conn.execute(INSERT_METER, meters)
         conn.execute(INSERT_VEHICLE, vehicles)
         conn.execute(INSERT_MAPPING, [{"v": v, "m": m, "f": START - HOUR, "t": None} for v, m in pairs])
-    if engine_kind == "embedded":
+    if is_community(engine_kind):
         refresh_like_policy(clean_db, END)
     return meters, vehicles
 

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from db.roles import ANALYST_ROLE
 from jobs.cli import main
+from tests.conftest import is_community
 from tests.integration.test_analytics_api import refresh_like_policy
 from tests.integration.test_rollups import INSERT_MAPPING, INSERT_METER, INSERT_VEHICLE
 
@@ -71,7 +72,7 @@ def analyst_data(clean_db: Engine, engine_kind: str) -> Engine:
         conn.execute(INSERT_METER, meters)
         conn.execute(INSERT_VEHICLE, vehicles)
         conn.execute(INSERT_MAPPING, [{"v": f"an-v{n}", "m": f"an-m{n}", "f": START - HOUR, "t": None} for n in (1, 2)])
-    if engine_kind == "embedded":
+    if is_community(engine_kind):
         refresh_like_policy(clean_db, NOW_HOUR)
     return clean_db
 
@@ -148,7 +149,7 @@ def test_analyst_role_is_a_nologin_group_with_select_on_the_rollups_only(engine,
     # (TimescaleDB's own catalog views there are readable by PUBLIC: not our grant, and no fleet data.)
     assert {rel for rel, _ in internal} <= materialized
     assert {priv for _, priv in internal} <= {"SELECT"}
-    if engine_kind == "native":
+    if not is_community(engine_kind):
         assert not materialized and not internal
 
 

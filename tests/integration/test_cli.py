@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from jobs import engine as embedded
 from jobs.cli import main
+from tests.conftest import is_community
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def test_cli_db_current_reports_head_and_edition(runner, engine, engine_kind):
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["at_head"] is True
-    assert data["edition"]["license"] == ("timescale" if engine_kind == "embedded" else "apache")
+    assert data["edition"]["license"] == ("timescale" if is_community(engine_kind) else "apache")
 
 
 def test_cli_db_current_unreachable_database_is_a_clear_error(runner):

@@ -6,6 +6,7 @@ import db
 from api import create_app
 from api.config import Settings
 from db import migrate
+from tests.conftest import is_community
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def test_ops_ready_reports_schema_and_edition(client, engine_kind):
     assert resp.status_code == 200, body
     assert body["ready"] is True
     assert body["schema_revision"] == body["schema_head"] == migrate.head_revision()
-    assert body["edition"]["license"] == ("timescale" if engine_kind == "embedded" else "apache")
+    assert body["edition"]["license"] == ("timescale" if is_community(engine_kind) else "apache")
     assert body["edition"]["embedded"] is (engine_kind == "embedded")
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from jobs.cli import main
 from jobs.retention import run_retention
+from tests.conftest import is_community
 from tests.integration import alerts_stand_in
 
 # Migration 0002's windows (and 0005's Apache retention): what every test must leave behind.
@@ -111,7 +112,7 @@ def test_policies_show_reports_every_hypertable_and_aggregate(engine, engine_kin
     result = fleet(engine, "policies", "show", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    community = engine_kind == "embedded"
+    community = is_community(engine_kind)
     assert report["edition"]["license"] == ("timescale" if community else "apache")
     tables = {h["name"]: h for h in report["hypertables"]}
     rollups = {a["name"]: a for a in report["aggregates"]}

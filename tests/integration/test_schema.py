@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from db import edition
+from tests.conftest import is_community
 
 T0 = datetime(2026, 3, 1, 23, 59, tzinfo=UTC)
 
@@ -119,5 +120,5 @@ def test_schema_edition_matches_engine(engine, engine_kind):
     with engine.connect() as conn:
         info = edition.describe(conn)
     assert info.embedded is (engine_kind == "embedded")
-    assert info.license == ("timescale" if engine_kind == "embedded" else "apache")
-    assert info.community is (engine_kind == "embedded")
+    assert info.license == ("timescale" if is_community(engine_kind) else "apache")
+    assert info.community is is_community(engine_kind)

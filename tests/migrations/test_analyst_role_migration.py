@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from db.migrate import downgrade, upgrade
 from db.roles import ANALYST_ROLE
-from tests.conftest import make_test_engine, native_url, truncate_all
+from tests.conftest import make_test_engine, native_url, proc_of, truncate_all
 
 RELATIONS = ("meter_readings_1h", "vehicle_readings_1h", "vehicle_energy_1h", "vehicle_meter_mapping")
 
@@ -21,8 +21,8 @@ RELATIONS = ("meter_readings_1h", "vehicle_readings_1h", "vehicle_energy_1h", "v
 def second_database(engine: Engine, engine_kind: str, request: pytest.FixtureRequest) -> Iterator[Engine]:
     """Native: another database in the cluster of the session's (migrated) one, so the role is shared with it.
     Embedded: its single database (it has no other); left at head and empty."""
-    if engine_kind == "native":
-        proc = request.getfixturevalue("native_proc")
+    if engine_kind != "embedded":
+        proc = proc_of(engine_kind, request)
         with DatabaseJanitor(user=proc.user, host=proc.host, port=proc.port, dbname="fleet_roles"):
             eng = make_test_engine(engine_kind, native_url(proc, "fleet_roles"))
             yield eng
@@ -64,7 +64,7 @@ def test_migration_0006_grants_on_upgrade_and_revokes_on_downgrade(second_databa
     assert _can_select(second_database) == dict.fromkeys(RELATIONS, True)
 
     downgrade(second_database, "0005")
-    if engine_kind == "native":
+    if engine_kind != "embedded":
         # The session's database in the same cluster still grants to the role: it is kept, without grants here.
         assert _role(second_database) is not None
         assert _can_select(second_database) == dict.fromkeys(RELATIONS, False)

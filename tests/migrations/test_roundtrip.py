@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from db import migrate
 from db.migrate import downgrade, upgrade
-from tests.conftest import PLATFORM_TABLES, make_test_engine, native_url, truncate_all
+from tests.conftest import PLATFORM_TABLES, is_community, make_test_engine, native_url, proc_of, truncate_all
 
 ROLLUP_VIEWS = {"meter_readings_1h", "vehicle_readings_1h", "vehicle_energy_1h"}
 
@@ -20,8 +20,8 @@ ROLLUP_VIEWS = {"meter_readings_1h", "vehicle_readings_1h", "vehicle_energy_1h"}
 @pytest.fixture
 def migration_engine(engine_kind: str, request: pytest.FixtureRequest) -> Iterator[Engine]:
     """A database the test may migrate freely; it is left at head and empty."""
-    if engine_kind == "native":
-        proc = request.getfixturevalue("native_proc")
+    if engine_kind != "embedded":
+        proc = proc_of(engine_kind, request)
         dbname = "fleet_migrations"
         with DatabaseJanitor(user=proc.user, host=proc.host, port=proc.port, dbname=dbname):
             eng = make_test_engine(engine_kind, native_url(proc, dbname))
@@ -62,7 +62,7 @@ def test_migrations_upgrade_downgrade_upgrade(migration_engine, engine_kind):
     assert _revision(migration_engine) == migrate.head_revision()
     assert set(PLATFORM_TABLES) | ROLLUP_VIEWS <= _relations(migration_engine)
     # Community: refresh + retention on each rollup, compression + retention on each raw table.
-    expected_jobs = 8 if engine_kind == "embedded" else 0
+    expected_jobs = 8 if is_community(engine_kind) else 0
     assert _policy_jobs(migration_engine) == expected_jobs
 
     downgrade(migration_engine, "base")
