@@ -9,8 +9,8 @@ Kinds (db.schema.ALERT_KINDS):
 - `correlation_lost` (vehicle): the vehicle's readings no longer line up with those of its mapped meter
   (clock skew, or a mapping to the wrong or a dead meter): the share of its readings with a reading of the
   meter mapped at that instant within ±MATCH_TOLERANCE_SECONDS is below the minimum match rate, or the
-  median clock offset exceeds that tolerance. Same pairing rule as the analytics report's `correlation`,
-  computed for every vehicle at once (each vehicle's readings merged in time order with its meter's).
+  median clock offset exceeds that tolerance. The analytics report's `correlation` rule (db/correlation.py),
+  for every vehicle at once: closed hours from the hourly correlation rollup on Community.
 - `silent_device` (meter or vehicle): the device's newest reading (`recorded_at` in the current-state
   tables, as the listings' silentForMinutes) is older than `silent_minutes` before `now`.
 
@@ -18,9 +18,9 @@ Windows: `now` defaults to the database's clock (statement_timestamp(): after an
 so every process agrees. The efficiency kind judges the last `window` of *complete* hours,
 [floor_hour(now) - window, floor_hour(now)), and the correlation kind the last `correlation_window` of complete
 hours: hourly sums cannot be split, and the current hour is still arriving (a vehicle reading whose meter
-reading is a few seconds behind in ingest would otherwise look unmatched). The correlation window is short by
-default (1 h) because it reads raw readings (1.2M rows an hour for 10,000 vehicles and their meters);
-efficiency reads hourly sums.
+reading is a few seconds behind in ingest would otherwise look unmatched). The correlation window is 1 h by
+default; on Apache (and for hours not yet in the correlation rollup) it reads raw readings, 1.2M rows an hour for
+10,000 vehicles and their meters.
 
 Judging: a vehicle needs `min_readings` readings on each side in the window (and at least `min_ac_kwh` of
 AC for efficiency, so an idle vehicle whose charger only draws standby power is not "0 % efficient"). A
@@ -53,7 +53,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
-from db import analytics
+from db import analytics, correlation
 from db.schema import ALERT_KINDS, DEVICE_ID_MAX_LENGTH, alerts, meters_current, vehicles_current
 
 HOUR = timedelta(hours=1)
@@ -203,7 +203,14 @@ def scan(
     lost = _apply(
         conn,
         "correlation_lost",
-        _correlation_lost(corr_start, corr_end, min_readings, correlation_min_match_rate),
+        _correlation_lost(
+            corr_start,
+            corr_end,
+            min_readings,
+            correlation_min_match_rate,
+            community=community,
+            watermark=correlation.materialized_until(conn) if community else None,
+        ),
         now,
     )
     return ScanStats(
@@ -294,15 +301,9 @@ def _low_efficiency(
     )
 
 
-# Every vehicle reading of the window that has a mapping at its instant, with the offset to the nearest reading
-# of that meter within OFFSET_SEARCH_SECONDS, ties to the earlier one: db.analytics._CORRELATION's rule, for all
-# vehicles at once. Rather than one index probe per vehicle reading, each vehicle's readings and its mapped
-# meter's readings are merged in time order, and every vehicle reading takes the latest meter reading at or before
-# it (a running max) and the earliest at or after it (a running min in reverse order): two sorts of the window's
-# rows (measured on the native engine, 5,000 vehicles x 1 h, same run: 3.6-4.5 s, against 7-12 s for the
-# probes). Meter readings are taken up to OFFSET_SEARCH_SECONDS beyond a mapping's validity, where a mapped
-# vehicle reading's nearest meter reading can lie. Readings without a mapping are not judged: a vehicle mapped
-# half-way through the window is judged on its mapped half.
+# Per vehicle over the window, the shared rule of db/correlation.py (stored hours on Community, raw readings for
+# the rest): only the readings with a mapping at their instant are judged, so a vehicle mapped half-way through
+# the window is judged on its mapped half; the vehicles judged are those with a mapping in the window.
 _CORRELATION_LOST = sa.text(
     """
     WITH mapped AS (
@@ -310,53 +311,15 @@ _CORRELATION_LOST = sa.text(
           FROM vehicle_meter_mapping
          WHERE valid_from < :end AND (valid_to IS NULL OR valid_to > :start)
     ),
-    events AS (
-        SELECT map.vehicle_id, map.meter_id, v.recorded_at AS t, true AS is_vehicle
-          FROM vehicle_readings v
-          JOIN mapped map
-            ON map.vehicle_id = v.vehicle_id
-           AND map.valid_from <= v.recorded_at
-           AND (map.valid_to IS NULL OR v.recorded_at < map.valid_to)
-         WHERE v.recorded_at >= :start AND v.recorded_at < :end
-        UNION ALL
-        SELECT map.vehicle_id, map.meter_id, m.recorded_at, false
-          FROM meter_readings m
-          JOIN mapped map
-            ON map.meter_id = m.meter_id
-           AND m.recorded_at >= map.valid_from - make_interval(secs => :search_s)
-           AND (map.valid_to IS NULL OR m.recorded_at <= map.valid_to + make_interval(secs => :search_s))
-         WHERE m.recorded_at >= CAST(:start AS timestamptz) - make_interval(secs => :search_s)
-           AND m.recorded_at <= CAST(:end AS timestamptz) + make_interval(secs => :search_s)
-    ),
-    neighbours AS (
-        -- At equal times meter readings sort first (false < true), so "at or before" includes them.
-        SELECT vehicle_id, meter_id, t, is_vehicle,
-               max(t) FILTER (WHERE NOT is_vehicle)
-                   OVER (PARTITION BY vehicle_id, meter_id ORDER BY t, is_vehicle ROWS UNBOUNDED PRECEDING)
-                   AS meter_before,
-               min(t) FILTER (WHERE NOT is_vehicle)
-                   OVER (PARTITION BY vehicle_id, meter_id ORDER BY t DESC, is_vehicle ROWS UNBOUNDED PRECEDING)
-                   AS meter_after
-          FROM events
-    ),
-    pairs AS (
-        SELECT vehicle_id, meter_id,
-               CASE WHEN before_s <= :search_s AND (after_s IS NULL OR before_s <= after_s) THEN before_s
-                    WHEN after_s <= :search_s THEN -after_s
-               END AS offset_s
-          FROM (SELECT vehicle_id, meter_id,
-                       extract(epoch FROM t - meter_before)::float8 AS before_s,
-                       extract(epoch FROM meter_after - t)::float8 AS after_s
-                  FROM neighbours
-                 WHERE is_vehicle) AS d
-    ),
     per_vehicle AS (
         SELECT vehicle_id,
-               count(*) AS vehicle_readings,
-               count(*) FILTER (WHERE abs(offset_s) <= :tolerance_s) AS matched_readings,
-               percentile_cont(0.5) WITHIN GROUP (ORDER BY offset_s) AS median_offset_s
-          FROM pairs
-         GROUP BY vehicle_id
+               mapped_readings AS vehicle_readings,
+               matched_readings,
+               median_offset_s
+          FROM ("""
+    + correlation.WINDOW_ALL_SQL
+    + """) AS w
+         WHERE mapped_readings > 0
     ),
     meters AS (
         SELECT vehicle_id, array_agg(meter_id ORDER BY valid_from) AS meter_ids
@@ -391,15 +354,20 @@ _CORRELATION_LOST = sa.text(
 )
 
 
-def _correlation_lost(start: datetime, end: datetime, min_readings: int, min_match_rate: float) -> Evaluation:
+def _correlation_lost(
+    start: datetime,
+    end: datetime,
+    min_readings: int,
+    min_match_rate: float,
+    *,
+    community: bool,
+    watermark: datetime | None,
+) -> Evaluation:
     """Mapped vehicles with enough readings; firing when their readings stopped lining up with the meter's."""
     return _CORRELATION_LOST.bindparams(
-        start=start,
-        end=end,
+        **correlation.window_params(start, end, community=community, watermark=watermark),
         start_iso=_iso(start),
         end_iso=_iso(end),
-        search_s=analytics.OFFSET_SEARCH_SECONDS,
-        tolerance_s=analytics.MATCH_TOLERANCE_SECONDS,
         min_readings=min_readings,
         min_match_rate=min_match_rate,
     ).columns(

@@ -4,13 +4,14 @@ Energy is summed per device and hour, then joined through the vehicle->meter map
 vehicle gets the AC of the meter mapped to it at the start of that hour (a mid-hour re-map counts from the next
 hour; the same rule as the `vehicle_energy_1h` view) and its own DC. Readings are never paired by timestamp,
 so a clock offset between a vehicle and its meter, or a meter that misses minutes, cannot change or drop
-energy. How well the two sides' timestamps line up is measured separately (`correlation`) and reported beside
-the numbers.
+energy. How well the two sides' timestamps line up is measured separately (db/correlation.py) and reported
+beside the numbers.
 
 Editions: on Community the hourly sums come from the continuous aggregates `meter_readings_1h` /
 `vehicle_readings_1h` (real-time aggregation adds the hours not yet materialised); on Apache, where those
 are not materialised, the same sums are computed from the hypertables directly, bounded by `recorded_at` so
-that chunk exclusion and the (device, recorded_at) primary key apply. Both give the same rows.
+that chunk exclusion and the (device, recorded_at) primary key apply. Both give the same rows. The same holds
+for the correlation block: stored hourly rows on Community, raw readings on Apache (db/correlation.py).
 
 Windows are [start, end) and the callers pass whole hours: an hourly sum cannot be split.
 """
@@ -25,6 +26,8 @@ from typing import Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from db import correlation
+from db.correlation import MATCH_TOLERANCE_SECONDS as MATCH_TOLERANCE_SECONDS
 from db.errors import NotFound
 from db.schema import (
     DEVICE_ID_MAX_LENGTH,
@@ -34,11 +37,6 @@ from db.schema import (
 )
 
 HOUR = timedelta(hours=1)
-#: A vehicle reading "has" a meter reading when the mapped meter reported within this many seconds of it.
-MATCH_TOLERANCE_SECONDS = 5.0
-#: How far from a vehicle reading its meter's nearest reading is looked for, to measure the clock offset.
-#: Under half the devices' 60 s reporting interval, so the nearest reading is the same minute's.
-OFFSET_SEARCH_SECONDS = 29.0
 
 # The continuous aggregates (Community), or plain views (Apache), created by migration 0002.
 meter_readings_1h = sa.table(
@@ -212,49 +210,6 @@ _VEHICLE_KNOWN = sa.text(
     """
 )
 
-# For each of the vehicle's readings in the window, its mapped meter's nearest reading (within the search
-# distance; ties go to the earlier one). One sort of the two sides' timestamps instead of one index probe per
-# reading: the vehicle's readings and its meters' readings are merged per meter in time order, and two running
-# window aggregates give each vehicle reading the meter's last reading at or before it and the first one after it
-# (the second in descending order, so both frames only grow and each aggregate is a single pass).
-_CORRELATION = sa.text(
-    """
-    WITH v AS (
-        SELECT v.recorded_at, map.meter_id
-          FROM vehicle_readings v
-          LEFT JOIN vehicle_meter_mapping map
-            ON map.vehicle_id = v.vehicle_id
-           AND map.valid_from <= v.recorded_at
-           AND (map.valid_to IS NULL OR v.recorded_at < map.valid_to)
-         WHERE v.vehicle_id = :vehicle_id AND v.recorded_at >= :start AND v.recorded_at < :end
-    ), events AS (
-        SELECT meter_id, recorded_at AS t, 1 AS kind FROM v
-        UNION ALL
-        SELECT m.meter_id, m.recorded_at, 0
-          FROM meter_readings m
-         WHERE m.meter_id = ANY (ARRAY(SELECT DISTINCT meter_id FROM v WHERE meter_id IS NOT NULL))
-           AND m.recorded_at >= CAST(:start AS timestamptz) - make_interval(secs => :search_s)
-           AND m.recorded_at <= CAST(:end AS timestamptz) + make_interval(secs => :search_s)
-    ), neighbours AS (
-        SELECT kind,
-               extract(epoch FROM t - max(t) FILTER (WHERE kind = 0) OVER (PARTITION BY meter_id ORDER BY t, kind
-                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))::float8 AS after_prev,
-               extract(epoch FROM min(t) FILTER (WHERE kind = 0) OVER (PARTITION BY meter_id ORDER BY t DESC, kind DESC
-                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - t)::float8 AS before_next
-          FROM events
-    ), pairs AS (
-        SELECT CASE WHEN after_prev <= :search_s AND (before_next IS NULL OR after_prev <= before_next) THEN after_prev
-                    WHEN before_next <= :search_s THEN -before_next END AS offset_s
-          FROM neighbours
-         WHERE kind = 1
-    )
-    SELECT count(*) AS vehicle_readings,
-           count(*) FILTER (WHERE abs(offset_s) <= :tolerance_s) AS matched_readings,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY offset_s) AS typical_offset_seconds
-      FROM pairs
-    """
-)
-
 
 def vehicle_performance(
     conn: Connection, vehicle_id: str, start: datetime, end: datetime, *, community: bool | None = None
@@ -309,16 +264,7 @@ def vehicle_performance(
             )
         )
 
-    corr = conn.execute(
-        _CORRELATION,
-        {
-            "vehicle_id": vehicle_id,
-            "start": start,
-            "end": end,
-            "search_s": OFFSET_SEARCH_SECONDS,
-            "tolerance_s": MATCH_TOLERANCE_SECONDS,
-        },
-    ).one()
+    corr = correlation.vehicle_window(conn, vehicle_id, start, end, community=community)
     return VehiclePerformance(
         vehicle_id=vehicle_id,
         start=start,
@@ -327,7 +273,7 @@ def vehicle_performance(
         correlation=Correlation(
             vehicle_readings=corr.vehicle_readings,
             matched_readings=corr.matched_readings,
-            typical_offset_seconds=corr.typical_offset_seconds,
+            typical_offset_seconds=corr.median_offset_seconds,
         ),
     )
 

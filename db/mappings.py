@@ -20,6 +20,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from db.correlation import INVALIDATION_MARGIN
 from db.errors import Conflict
 from db.schema import vehicle_meter_mapping
 
@@ -34,6 +35,22 @@ _CONFLICT_CONSTRAINTS = frozenset(
         "vehicle_meter_mapping_pkey",
         "vehicle_meter_mapping_validity_order_check",
     }
+)
+
+
+# Community: a re-map from a past instant changes which meter the vehicle's readings from then on pair with, so
+# every closed hour since is logged for the correlation rollup to recompute (db/correlation.py).
+_INVALIDATE_FROM = sa.text(
+    """
+    INSERT INTO correlation_invalidations (vehicle_id, bucket)
+    SELECT :vehicle_id, bucket
+      FROM generate_series(time_bucket(INTERVAL '1 hour', CAST(:valid_from AS timestamptz)),
+                           time_bucket(INTERVAL '1 hour', clock_timestamp() - CAST(:margin AS interval))
+                           - INTERVAL '1 hour',
+                           INTERVAL '1 hour') AS bucket
+     WHERE current_setting('timescaledb.license') = 'timescale'
+    ON CONFLICT DO NOTHING
+    """
 )
 
 
@@ -107,7 +124,11 @@ def remap_vehicle(conn: Connection, vehicle_id: str, meter_id: str, valid_from: 
         row = conn.execute(
             sa.insert(t).values(vehicle_id=vehicle_id, meter_id=meter_id, valid_from=valid_from).returning(*t.c)
         ).mappings()
-        return RemapResult(_mapping(row.one()), created=True)
+        created = _mapping(row.one())
+        conn.execute(
+            _INVALIDATE_FROM, {"vehicle_id": vehicle_id, "valid_from": valid_from, "margin": INVALIDATION_MARGIN}
+        )
+        return RemapResult(created, created=True)
     except sa.exc.IntegrityError as exc:
         constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
         if constraint not in _CONFLICT_CONSTRAINTS:

@@ -3,7 +3,10 @@
 Each call writes a whole batch with one round trip: the input arrives as arrays, `unnest` turns them into
 rows, history takes them with ON CONFLICT DO NOTHING (a retried reading is stored once), and only the
 readings actually stored move current state, and only forwards (an older reading never overwrites a newer
-one). Rows are sorted by device so concurrent batches lock current-state rows in the same order.
+one). Rows are sorted by device so concurrent batches lock current-state rows in the same order. On the
+Community edition a reading that arrives after its hour's correlation may have been materialised also logs that
+vehicle hour for recomputation (db/correlation.py); in the normal flow no row qualifies and that part costs a
+filter.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+
+from db.correlation import INVALIDATION_MARGIN, OFFSET_SEARCH_SECONDS
 
 _METER_DUAL_WRITE = sa.text(
     """
@@ -35,6 +40,25 @@ _METER_DUAL_WRITE = sa.text(
                voltage = EXCLUDED.voltage, updated_at = EXCLUDED.updated_at
          WHERE meters_current.recorded_at < EXCLUDED.recorded_at
         RETURNING 1
+    ), late AS (
+        -- Community: vehicle hours whose correlation a late meter reading changes (db/correlation.py). A reading
+        -- at t can be the nearest of vehicle readings up to :search_s away, in t's hour or a neighbouring one.
+        INSERT INTO correlation_invalidations (vehicle_id, bucket)
+        SELECT DISTINCT map.vehicle_id, h.bucket
+          FROM stored s
+         CROSS JOIN LATERAL (
+               VALUES (time_bucket(INTERVAL '1 hour', s.recorded_at - make_interval(secs => :search_s))),
+                      (time_bucket(INTERVAL '1 hour', s.recorded_at + make_interval(secs => :search_s)))
+               ) AS h(bucket)
+          JOIN vehicle_meter_mapping map
+            ON map.meter_id = s.meter_id
+           AND map.valid_from < h.bucket + INTERVAL '1 hour'
+           AND (map.valid_to IS NULL OR map.valid_to > h.bucket)
+         WHERE s.recorded_at < time_bucket(INTERVAL '1 hour', clock_timestamp() - CAST(:margin AS interval))
+                               + make_interval(secs => :search_s)
+           AND h.bucket < time_bucket(INTERVAL '1 hour', clock_timestamp() - CAST(:margin AS interval))
+           AND current_setting('timescaledb.license') = 'timescale'
+        ON CONFLICT DO NOTHING
     )
     SELECT (SELECT count(*) FROM stored) AS stored, (SELECT count(*) FROM newest) AS current_updated
     """
@@ -64,10 +88,21 @@ _VEHICLE_DUAL_WRITE = sa.text(
                is_charging = EXCLUDED.is_charging, updated_at = EXCLUDED.updated_at
          WHERE vehicles_current.recorded_at < EXCLUDED.recorded_at
         RETURNING 1
+    ), late AS (
+        -- Community: a reading for an hour whose correlation may already be materialised (db/correlation.py).
+        INSERT INTO correlation_invalidations (vehicle_id, bucket)
+        SELECT DISTINCT vehicle_id, time_bucket(INTERVAL '1 hour', recorded_at)
+          FROM stored
+         WHERE recorded_at < time_bucket(INTERVAL '1 hour', clock_timestamp() - CAST(:margin AS interval))
+           AND current_setting('timescaledb.license') = 'timescale'
+        ON CONFLICT DO NOTHING
     )
     SELECT (SELECT count(*) FROM stored) AS stored, (SELECT count(*) FROM newest) AS current_updated
     """
 )
+
+
+_LATE_PARAMS: dict[str, object] = {"margin": INVALIDATION_MARGIN, "search_s": OFFSET_SEARCH_SECONDS}
 
 
 @dataclass(frozen=True)
@@ -104,7 +139,7 @@ def insert_meter_readings(conn: Connection, rows: Sequence[MeterReading]) -> Wri
     """Store meter readings once each and move meters_current forward; one statement."""
     if not rows:
         return WriteResult(0, 0)
-    params = _columns(rows, ("meter_id", "recorded_at", "kwh_consumed_ac", "voltage"))
+    params = {**_columns(rows, ("meter_id", "recorded_at", "kwh_consumed_ac", "voltage")), **_LATE_PARAMS}
     result = conn.execute(_METER_DUAL_WRITE, params).one()
     return WriteResult(result.stored, result.current_updated)
 
@@ -113,6 +148,7 @@ def insert_vehicle_readings(conn: Connection, rows: Sequence[VehicleReading]) ->
     """Store vehicle readings once each and move vehicles_current forward; one statement."""
     if not rows:
         return WriteResult(0, 0)
-    params = _columns(rows, ("vehicle_id", "recorded_at", "soc", "kwh_delivered_dc", "battery_temp", "is_charging"))
+    names = ("vehicle_id", "recorded_at", "soc", "kwh_delivered_dc", "battery_temp", "is_charging")
+    params = {**_columns(rows, names), **_LATE_PARAMS}
     result = conn.execute(_VEHICLE_DUAL_WRITE, params).one()
     return WriteResult(result.stored, result.current_updated)

@@ -7,7 +7,7 @@ continuous aggregates, policies); `fleet db check` / `alembic check` compares th
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB, ExcludeConstraint
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, ExcludeConstraint
 
 #: Longest device id accepted (API validation uses the same bound).
 DEVICE_ID_MAX_LENGTH = 64
@@ -111,6 +111,45 @@ vehicle_meter_mapping = sa.Table(
         using="gist",
     ),
     sa.Index("vehicle_meter_mapping_meter_id_idx", "meter_id", "valid_from"),
+)
+
+# Correlation quality per vehicle and closed hour (db/correlation.py), kept by `fleet jobs run` on the Community
+# edition so that closed hours of the analytics' `correlation` block and the correlation alerts never read raw
+# history. `offsets` are the seconds from each of the hour's vehicle readings to its mapped meter's nearest reading
+# (within the search distance), sorted: a median over any set of hours is exact from them. A hypertable
+# (30-day chunks) so that old hours go by whole chunks.
+vehicle_correlation_1h = sa.Table(
+    "vehicle_correlation_1h",
+    metadata,
+    _device_id("vehicle_id"),
+    sa.Column("bucket", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("vehicle_readings", sa.Integer, nullable=False),
+    sa.Column("mapped_readings", sa.Integer, nullable=False),
+    sa.Column("matched_readings", sa.Integer, nullable=False),
+    sa.Column("offsets", ARRAY(sa.Float(precision=53)), nullable=False),
+    sa.PrimaryKeyConstraint("vehicle_id", "bucket"),
+)
+
+# Vehicle hours below the watermark whose inputs changed after they were materialised (a late vehicle or meter
+# reading, a re-map reaching into the past): the next correlation refresh recomputes them. Written by the ingest
+# statement and by re-maps; emptied by the refresh.
+correlation_invalidations = sa.Table(
+    "correlation_invalidations",
+    metadata,
+    _device_id("vehicle_id"),
+    sa.Column("bucket", sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint("vehicle_id", "bucket"),
+)
+
+# One row: every hour before `materialized_until` is in vehicle_correlation_1h (a vehicle hour without a row had no
+# reading); hours from it on are computed from raw readings at query time.
+correlation_watermark = sa.Table(
+    "correlation_watermark",
+    metadata,
+    sa.Column("id", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("materialized_until", sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint("id"),
+    sa.CheckConstraint("id", name="single_row"),
 )
 
 #: Roles an API key can have; admin implicitly has every other role.

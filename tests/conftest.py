@@ -8,7 +8,8 @@
 - embedded: PGlite + TimescaleDB Community served by db/embedded/server.mjs under our supervisor.
 
 Every test that (indirectly) uses `engine_kind` runs once per engine. Marker `community` keeps a test on the
-Community engines (native and embedded), `apache` on native-apache, `native` on native (a real server, Community).
+Community engines (native and embedded), `apache` on native-apache, `native` on native (a real server, Community),
+`embedded` on the embedded engine (its own limits and behaviour).
 FLEET_TEST_ENGINES narrows the run (e.g. `FLEET_TEST_ENGINES=native,native-apache`).
 
 Isolation: the embedded engine has one connection and one database, so both engines use the same scheme: one
@@ -61,6 +62,8 @@ PLATFORM_TABLES = (
     "api_keys",
     "alerts",
     "job_runs",
+    "vehicle_correlation_1h",
+    "correlation_invalidations",
 )
 
 
@@ -88,6 +91,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         kinds = [k for k in kinds if k == "native-apache"]
     if metafunc.definition.get_closest_marker("native"):
         kinds = [k for k in kinds if k == "native"]
+    if metafunc.definition.get_closest_marker("embedded"):
+        kinds = [k for k in kinds if k == "embedded"]
     metafunc.parametrize("engine_kind", kinds, scope="session")
 
 
@@ -187,8 +192,28 @@ def engine(engine_kind: str, database_url: str) -> Iterator[Engine]:
     """An Engine on a database migrated to head."""
     eng = make_test_engine(engine_kind, database_url)
     upgrade(eng)
+    hold_timescaledb_jobs(eng)
     yield eng
     eng.dispose()
+
+
+def hold_timescaledb_jobs(eng: Engine) -> None:
+    """On a server with TimescaleDB's own scheduler, push the policies' next start to infinity: a refresh policy
+    that fired in the middle of a test would materialise what the test means to read in real time (on PostgreSQL
+    15.20 its runs end `Failed`, yet they do materialise). Tests that need a TimescaleDB run ask for one
+    (`alter_job(id, next_start => now())`). No-op on Apache and on the embedded engine (no scheduler there)."""
+    with eng.begin() as conn:
+        apache_or_embedded = sa.text(
+            "SELECT current_setting('timescaledb.license') = 'apache' OR version() ILIKE '%emscripten%'"
+        )
+        if conn.execute(apache_or_embedded).scalar_one():
+            return
+        conn.execute(
+            sa.text(
+                "SELECT alter_job(job_id, next_start => 'infinity') FROM timescaledb_information.jobs"
+                " WHERE job_id >= 1000"
+            )
+        )
 
 
 @pytest.fixture
@@ -203,6 +228,7 @@ def truncate_all(eng: Engine) -> None:
     (TRUNCATE of a hypertable does not reach its aggregates)."""
     with eng.begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {', '.join(PLATFORM_TABLES)}"))
+        conn.execute(sa.text("UPDATE correlation_watermark SET materialized_until = NULL"))
         caggs = conn.execute(sa.text("SELECT view_name FROM timescaledb_information.continuous_aggregates")).scalars()
         for cagg in caggs.all():
             conn.execute(sa.text(f"TRUNCATE {cagg}"))
@@ -243,4 +269,5 @@ def both_editions(request: pytest.FixtureRequest) -> Iterator[dict[str, Engine]]
         for eng in engines.values():
             stack.callback(eng.dispose)
             upgrade(eng)
+            hold_timescaledb_jobs(eng)
         yield engines

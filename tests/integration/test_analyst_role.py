@@ -198,7 +198,7 @@ def test_analyst_role_on_the_embedded_engine_is_not_a_boundary(engine):
         conn.rollback()
 
 
-@pytest.mark.community
+@pytest.mark.embedded
 def test_analyst_grant_login_refuses_the_embedded_engine(engine):
     url = engine.url.render_as_string(hide_password=False)
     env = {"DATABASE_URL": url, "FLEET_ANALYST_PASSWORD": "correct horse battery staple"}

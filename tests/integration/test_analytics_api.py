@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from api import create_app
 from api.config import Settings
+from jobs.correlation import refresh_correlation
 from tests.conftest import is_community, with_api_key
 
 HOUR = timedelta(hours=1)
@@ -173,11 +174,13 @@ def post_mappings(client, data: FleetData) -> None:
 
 
 def refresh_like_policy(eng: Engine, up_to: datetime) -> None:
-    """On Community, materialise the hourly aggregates up to `up_to` (hours after it stay real-time)."""
+    """On Community, materialise the hourly aggregates and the correlation rollup up to `up_to` (hours after it
+    stay real-time), as the refresh policies and `fleet jobs run` do."""
     with eng.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         caggs = conn.execute(sa.text("SELECT view_name FROM timescaledb_information.continuous_aggregates")).scalars()
         for cagg in caggs.all():
             conn.execute(sa.text("CALL refresh_continuous_aggregate(:c, NULL, :end)"), {"c": cagg, "end": up_to})
+    refresh_correlation(eng, until=up_to, max_batches=10_000)
 
 
 def make_client(eng: Engine, **env: str) -> Any:
