@@ -1,27 +1,32 @@
-"""Growth benchmark: how the cost of status and 24 h analytics grows from 1 to 7 days of history (native engine).
+"""Growth benchmark: status and analytics cost as history grows day by day, with compression on (native engine).
 
 Run from the repository root (loopback only; a throw-away native cluster is started and removed):
 
-    .venv/bin/python -m tests.load.bench_growth [--devices 1000] [--days 7] [--samples 200] [--json out.json]
+    .venv/bin/python -m tests.load.bench_growth [--devices 10000] [--days 3] [--samples 200] [--json out.json]
 
 What is measured
 ----------------
-A throw-away PostgreSQL 15 + TimescaleDB (Apache edition) cluster with the server settings of
-bench_analytics gets history one day at a time, oldest first, as a fleet accumulates it:
-tests/load/fleet_day.py loads day 1 (--devices meters + --devices vehicles, one reading a minute, vehicle i
-charged from meter i), then appends day 2 (another seed, `append=True`: mappings kept, current state moved
-forward), and so on up to --days, the last day ending at 00:00 UTC today. The scale is smaller than the full
-fleet (1,000 + 1,000 devices: 2.88M rows a day, 20M after 7 days) so seven days fit in a few minutes; the
-per-day chunks are what grows, and that is what this measures.
+A throw-away PostgreSQL 15 + TimescaleDB cluster (Community edition by default, `--edition apache` for the
+Apache one; the server settings of bench_analytics, fsync on) gets history one day at a time, oldest first, as a
+fleet accumulates it: tests/load/fleet_day.py loads day 1 (--devices meters + --devices vehicles, one reading a
+minute, vehicle i charged from meter i), then appends day 2 (another seed, `append=True`: mappings kept, current
+state moved forward), and so on up to --days, the last day ending at 00:00 UTC today.
 
-After each day is loaded (then VACUUM (ANALYZE), CHECKPOINT, pg_prewarm of every chunk as bench_analytics
-does: a server that has been ingesting has its recent data in memory), --samples random devices, one call at a
-time on one held connection, in a transaction as the services run them (bench_analytics' "direct" path):
+On Community, after each day is loaded, what production's policies would have done by then is done: every
+continuous aggregate is refreshed over that day (`refresh_continuous_aggregate`, timed, with the backend's CPU),
+`fleet jobs run --once` brings whatever else the project's scheduler keeps up to date, and every chunk of that
+finished day is compressed (`compress_chunk`, segment by device id: the chunk being written today stays as it is);
+the cumulative compression ratio is reported. Then (both editions) VACUUM (ANALYZE), and pg_prewarm of every table,
+TOAST table and index (a server that has been running has its recent data in memory).
+
+Then --samples random devices per call kind, one call at a time on one held connection, in a transaction as the
+services run them (bench_analytics' "direct" path):
 - status: db/devices.py get_vehicle and get_meter (the current-state tables: should not grow at all);
-- 24 h analytics: db/analytics.py vehicle_performance(..., community=False) over the newest loaded day
-  (hourly AC/DC from the hypertables, the mapping join, the correlation query): chunk exclusion should keep it
-  flat as older days pile up;
-- the hypertables' size (table + indexes) and chunk count.
+- 24 h analytics: db/analytics.py vehicle_performance over the newest loaded day (the server's edition decides
+  where hourly sums come from), and 7 d analytics over the week ending with it (up to 7 days of history):
+  chunk exclusion should keep the 24 h call flat as older days pile up, and the 7 d call grow with the days
+  it covers, not with the total;
+- the hypertables' size (tables, indexes, TOAST, compressed chunks included) and chunk count.
 Baseline: the day-1 figures of the same run; each later day is reported as a ratio to them. The machine is
 shared: the CPU used by other processes during each measurement is reported beside it.
 """
@@ -44,7 +49,8 @@ from sqlalchemy.engine import Connection
 
 import db
 from db import analytics, devices
-from tests.load.bench_analytics import BENCH_SETTINGS, prewarm
+from tests.load import rollups
+from tests.load.bench_analytics import BENCH_SETTINGS, prewarm, run_jobs_once
 from tests.load.benchlib import CpuWatch, log, machine_info, proc_table, run_benchmark, summarize
 from tests.load.fleet_day import load_fleet_day, meter_id, vehicle_id
 from tests.load.native_cluster import native_cluster, require_native_engine
@@ -52,8 +58,10 @@ from tests.load.native_cluster import native_cluster, require_native_engine
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.load.bench_growth", description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--devices", type=int, default=1000, help="meters, and as many vehicles (default 1000)")
-    p.add_argument("--days", type=int, default=7, help="days of history, loaded one by one (default 7)")
+    p.add_argument("--devices", type=int, default=10_000, help="meters, and as many vehicles (default 10000)")
+    p.add_argument("--days", type=int, default=3, help="days of history, loaded one by one (default 3)")
+    p.add_argument("--edition", choices=("community", "apache"), default="community", help="(default community)")
+    p.add_argument("--no-jobs", action="store_true", help="do not run `fleet jobs run --once` after each day")
     p.add_argument("--samples", type=int, default=200, help="random devices measured per day (default 200)")
     p.add_argument("--warmup", type=int, default=20, help="unmeasured calls per kind first (default 20)")
     p.add_argument("--seed", type=int, default=42)
@@ -107,10 +115,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "days": [],
     }
     started = time.monotonic()
+    settings = dict(BENCH_SETTINGS)
+    if args.edition == "apache":
+        settings["timescaledb.license"] = "apache"
+    report["scale"]["edition"] = args.edition
     with ExitStack() as stack:
-        log("starting a throw-away native cluster")
-        url = stack.enter_context(native_cluster("fleet_growth", settings=BENCH_SETTINGS))
-        engine = db.make_engine(url, pool_size=2, connect_timeout=30)
+        log(f"starting a throw-away native cluster ({args.edition} edition)")
+        url = stack.enter_context(native_cluster("fleet_growth", settings=settings))
+        engine = db.make_engine(url, pool_size=4, connect_timeout=30)
         stack.callback(engine.dispose)
         with engine.connect() as conn:
             row = conn.execute(
@@ -126,16 +138,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "timescaledb": row.timescaledb,
             "license": row.license,
         }
+        community = row.license == "timescale"
+        if community != (args.edition == "community"):
+            raise RuntimeError(f"{args.edition} run, but the server reports timescaledb.license = {row.license}")
         table = proc_table()
         cpu = CpuWatch([table[row.pid][0]] if row.pid in table else [])
         rng = random.Random(args.seed)
         conn = stack.enter_context(engine.connect())
-        conn.exec_driver_sql("SET statement_timeout = '60s'")
+        conn.exec_driver_sql("SET statement_timeout = '120s'")
         conn.commit()
+        admin = stack.enter_context(engine.connect().execution_options(isolation_level="AUTOCOMMIT"))
+        caggs = list(rollups.continuous_aggregates(admin))
         rows_total = 0
         for k in range(1, args.days + 1):
             day_start = first_day + timedelta(days=k - 1)
             day_end = day_start + timedelta(days=1)
+            week_start = day_end - timedelta(days=7)
             stats = load_fleet_day(
                 url,
                 meters=args.devices,
@@ -145,27 +163,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 append=k > 1,
                 log=log,
             )
-            warm_info = prewarm(engine)
-            numbers = [rng.randint(1, args.devices) for _ in range(args.samples)]
-            warm = [rng.randint(1, args.devices) for _ in range(args.warmup)]
-            cpu.start()
             day: dict[str, Any] = {
                 "day": k,
                 "day_start": day_start.isoformat(),
                 "load_seconds": round(stats.total_seconds, 1),
                 "copy_rows_per_second": round(stats.copy_rows_per_second),
-                "prewarm_mib": warm_info["mib"],
-                "status_vehicle": _measure(conn, lambda c, i: devices.get_vehicle(c, vehicle_id(i)), numbers, warm),
-                "status_meter": _measure(conn, lambda c, i: devices.get_meter(c, meter_id(i)), numbers, warm),
-                "analytics_24h": _measure(
+            }
+            if community:
+                backend = rollups.BackendCpu.of(admin)
+                t0, c0 = time.perf_counter(), backend.read()
+                for cagg in caggs:
+                    rollups.refresh(admin, cagg, day_start - timedelta(hours=1), day_end)
+                day["refresh"] = {"seconds": time.perf_counter() - t0, "cpu_s": backend.read() - c0}
+                if not args.no_jobs:
+                    day["jobs_once"] = run_jobs_once(url, timeout=900)
+                day["compression"] = rollups.compress_chunks(admin, older_than=day_end, cpu=backend)
+                admin.exec_driver_sql("VACUUM (ANALYZE)")
+                c = day["compression"]["all"]
+                log(
+                    f"day {k}: refreshed in {day['refresh']['seconds']:.1f} s, compressed in {c['seconds']:.1f} s;"
+                    f" compressed history {c['ratio_total']:.2f}x (data alone {c['ratio_data']:.2f}x)"
+                )
+            day["prewarm_mib"] = prewarm(engine)["mib"]
+            numbers = [rng.randint(1, args.devices) for _ in range(args.samples)]
+            warm = [rng.randint(1, args.devices) for _ in range(args.warmup)]
+            cpu.start()
+            day["status_vehicle"] = _measure(conn, lambda c, i: devices.get_vehicle(c, vehicle_id(i)), numbers, warm)
+            day["status_meter"] = _measure(conn, lambda c, i: devices.get_meter(c, meter_id(i)), numbers, warm)
+            for key, start in (("analytics_24h", day_start), ("analytics_7d", week_start)):
+                day[key] = _measure(
                     conn,
-                    lambda c, i, s=day_start, e=day_end: analytics.vehicle_performance(
-                        c, vehicle_id(i), s, e, community=False
-                    ),
+                    lambda c, i, s=start, e=day_end: analytics.vehicle_performance(c, vehicle_id(i), s, e),
                     numbers,
                     warm,
-                ),
-            }
+                )
             day["cpu"] = cpu.stop()
             with engine.connect() as c:
                 day["size"] = _sizes(c)
@@ -178,6 +209,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"day {k}: {rows_total:,} rows, {day['size']['chunks']} chunks,"
                 f" {day['size']['bytes'] / 2**20:,.0f} MiB;"
                 f" analytics 24h p50 {a['p50']:.2f} ms p95 {a['p95']:.2f} ms (x{a['p95'] / a1['p95']:.2f} of day 1);"
+                f" 7d p95 {day['analytics_7d']['p95']:.2f} ms;"
                 f" status vehicle p95 {day['status_vehicle']['p95']:.2f} ms;"
                 f" other processes {day['cpu']['others_pct']:.0f} % of the machine"
             )
@@ -198,7 +230,7 @@ def render(report: dict[str, Any]) -> str:
         f" {sc['first_day']}; engine PostgreSQL {report['engine']['server_version']}, TimescaleDB"
         f" {report['engine']['timescaledb']} ({report['engine']['license']})",
         "direct data-layer calls, ms (ratio: p95 / day 1's p95, the baseline):",
-        f"{'day':>4}{'rows':>13}{'chunks':>8}{'MiB':>8}{'analytics p50':>15}{'p95':>8}{'ratio':>7}"
+        f"{'day':>4}{'rows':>13}{'chunks':>8}{'MiB':>8}{'analytics p50':>15}{'p95':>8}{'ratio':>7}{'7d p95':>8}"
         f"{'status v p50':>14}{'p95':>7}{'ratio':>7}{'status m p95':>14}{'others %':>10}",
     ]
     for d in days:
@@ -206,6 +238,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"{d['day']:>4}{d['size']['rows']:>13,}{d['size']['chunks']:>8}{d['size']['bytes'] / 2**20:>8,.0f}"
             f"{a['p50']:>15.2f}{a['p95']:>8.2f}{a['p95'] / base['analytics_24h']['p95']:>7.2f}"
+            f"{d['analytics_7d']['p95']:>8.2f}"
             f"{sv['p50']:>14.2f}{sv['p95']:>7.2f}{sv['p95'] / base['status_vehicle']['p95']:>7.2f}"
             f"{sm['p95']:>14.2f}{d['cpu']['others_pct']:>10.0f}"
         )
