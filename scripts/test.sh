@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets up both TimescaleDB engines and runs the whole test suite against both of them:
-#   native   - this machine's PostgreSQL 15 + TimescaleDB (Apache edition, built from Debian's source package)
-#   embedded - PGlite + TimescaleDB Community, served by db/embedded/server.mjs
+# Sets up the TimescaleDB engines and runs the whole test suite against the three of them:
+#   native        - this machine's PostgreSQL 15 + TimescaleDB 2.28.3 (Community), built from the vendored source
+#   native-apache - the same build in a cluster started with timescaledb.license=apache (the Apache edition)
+#   embedded      - PGlite + TimescaleDB Community, served by db/embedded/server.mjs
 # Extra arguments go to pytest (e.g. `scripts/test.sh -k rollups`). Exits non-zero when a test fails and
 # also when no test ran (pytest's exit code 5).
 set -euo pipefail
