@@ -10,7 +10,11 @@ What is measured (labels have bounded values only: never a device id, key or pat
   (`unmatched` when no route matched);
 - `fleet_db_pool_connections_in_use` / `fleet_db_pool_size`: the app engine's QueuePool, checkedout() and size()
   (0 and 0 for a NullPool);
-- `process_*` (CPU, memory, file descriptors, start time) and `python_info`.
+- `process_*` (CPU, memory, file descriptors, start time) and `python_info`;
+- `fleet_policy_failing` {job, proc_name, relation, run_by} (1: the newest finished run of that policy job, by
+  TimescaleDB or by `fleet jobs run`, failed; 0: it succeeded) and `fleet_policies_failing` (how many), read from
+  the database at scrape time (db/timescaledb_jobs.py), so every worker reports the same values; left out, with a
+  warning in the log, when the database cannot be read. One series per policy job: a handful.
 
 Processes. gunicorn's workers are separate processes, and a scrape reaches one of them. Under gunicorn
 (docker/gunicorn.conf.py) PROMETHEUS_MULTIPROC_DIR is set before prometheus_client is imported: every worker
@@ -59,16 +63,18 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.registry import Collector
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 from api.auth import require_role
 from api.config import Settings
 from api.problems import PROBLEM_JSON
+from db import timescaledb_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +297,36 @@ class WorkerProcessCollector(Collector):
         return list(merged.values())
 
 
-def _exposition() -> Response:
+class PolicyCollector(Collector):
+    """Policy job failures, read from the database at each scrape (not per process: one value for all)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            with self._engine.connect() as conn:
+                statuses = timescaledb_jobs.current_policy_statuses(conn)
+        except SQLAlchemyError as exc:
+            logger.warning("metrics: cannot read the policy jobs' status: %s", exc.__cause__ or exc)
+            return []
+        failing = GaugeMetricFamily(
+            "fleet_policy_failing",
+            "1 when the newest finished run of a policy job (by TimescaleDB or by fleet jobs run) failed, else 0.",
+            labels=["job", "proc_name", "relation", "run_by"],
+        )
+        for s in statuses:
+            if s.last_result is not None:
+                failing.add_metric([s.job, s.proc_name, s.relation or "", s.run_by], 1.0 if s.failing else 0.0)
+        total = GaugeMetricFamily(
+            "fleet_policies_failing",
+            "Policy jobs whose newest finished run failed.",
+            value=sum(s.failing for s in statuses),
+        )
+        return [failing, total]
+
+
+def _exposition(engine: Engine | None = None) -> Response:
     path = multiprocess_dir()
     if path is None:
         # One process: its own metrics plus prometheus_client's process, platform and gc collectors.
@@ -303,6 +338,11 @@ def _exposition() -> Response:
         PlatformCollector(registry=registry)
         with _directory_lock(path, exclusive=False):
             body = generate_latest(registry)
+    if engine is not None:
+        # A registry of its own per scrape: the app engine is per process, and the default registry is global.
+        policies = CollectorRegistry(auto_describe=False)
+        policies.register(PolicyCollector(engine))
+        body += generate_latest(policies)
     return Response(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -321,11 +361,12 @@ class Metrics(MethodView):
         }
     )
     def get(self):
-        """Metrics for Prometheus: ingest counts, rejections, latency, database pool, processes."""
+        """Metrics for Prometheus: ingest counts, rejections, latency, database pool, processes, failing policies."""
         access = current_app.extensions["fleet.settings"].metrics_access
+        engine = current_app.extensions["fleet.db"]
         if access in ("read", "admin"):
-            return require_role(access)(_exposition)()
-        return _exposition()
+            return require_role(access)(_exposition)(engine)
+        return _exposition(engine)
 
 
 def init_app(app: Flask, api: Api, settings: Settings) -> None:

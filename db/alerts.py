@@ -472,3 +472,27 @@ def list_alerts(
         sa.select(a).where(*where).order_by(a.c.opened_at.desc(), a.c.id.desc()).limit(limit).offset(offset)
     ).mappings()
     return [Alert(**{c.name: r[c.name] for c in a.c}) for r in rows], total
+
+
+# --- policy failures (kind `policy_failed`, device_type `job`: migration 0008) -------------------------------
+
+
+def evaluate_policy_alerts(conn: Connection, failing: dict[str, tuple[bool, dict[str, Any]]]) -> KindStats:
+    """Open, refresh and resolve `policy_failed` alerts from {job name: (last run failed, details)}, in one
+    statement in the caller's transaction (same invariants as the device kinds). A job absent from `failing`
+    (never ran, or gone) keeps its alert as it is."""
+    from db.schema import POLICY_ALERT_KIND  # here, not at the top: this section is all the policy kind adds
+
+    if not failing:
+        return KindStats()
+    evaluated = sa.select(
+        sa.values(
+            sa.column("device_type", sa.Text),
+            sa.column("device_id", sa.Text),
+            sa.column("firing", sa.Boolean),
+            sa.column("details", JSONB),
+            name="policies",
+        ).data([("job", name, firing, details) for name, (firing, details) in sorted(failing.items())])
+    )
+    now = conn.execute(sa.select(sa.func.statement_timestamp())).scalar_one()
+    return _apply(conn, POLICY_ALERT_KIND, evaluated, now)

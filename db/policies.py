@@ -279,17 +279,6 @@ _POLICY_JOBS = sa.text(
 _RETENTION_SETTINGS = sa.text(
     "SELECT hypertable_name, drop_after, updated_at FROM retention_settings ORDER BY hypertable_name"
 )
-_HAS_BACKGROUND_WORKERS = sa.text(
-    "SELECT coalesce(current_setting('timescaledb.max_background_workers', true), '0')::int > 0"
-)
-
-
-def timescaledb_runs_policies(conn: Connection, info: EditionInfo) -> bool:
-    """True when TimescaleDB's background workers run the policy jobs; False on Apache (no policies) and on
-    an engine without background workers (the embedded one), where `fleet jobs run` must run them."""
-    if not info.community or info.embedded:
-        return False
-    return bool(conn.execute(_HAS_BACKGROUND_WORKERS).scalar_one())
 
 
 @dataclass(frozen=True)

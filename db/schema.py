@@ -181,9 +181,13 @@ api_keys = sa.Table(
     sa.CheckConstraint(f"char_length(name) BETWEEN 1 AND {API_KEY_NAME_MAX_LENGTH}", name="name_length"),
 )
 
-#: What an alert is about; see db/migrations/versions/0004_alerts.py.
+#: What an alert is about; see db/migrations/versions/0004_alerts.py. These kinds are evaluated by the alert scan
+#: (db/alerts.py `scan`); POLICY_ALERT_KIND (device_type `job`, migration 0008) by `evaluate_policy_alerts`.
 ALERT_KINDS = ("low_efficiency", "correlation_lost", "silent_device")
-ALERT_DEVICE_TYPES = ("meter", "vehicle")
+#: A TimescaleDB policy job (or the Apache edition's retention job) whose last run failed; device_id: the job.
+POLICY_ALERT_KIND = "policy_failed"
+ALL_ALERT_KINDS = (*ALERT_KINDS, POLICY_ALERT_KIND)
+ALERT_DEVICE_TYPES = ("meter", "vehicle", "job")
 
 # Alerts: one open alert per device and kind (partial unique index), resolved rather than deleted.
 alerts = sa.Table(
@@ -198,7 +202,7 @@ alerts = sa.Table(
     sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),  # NULL: open
     sa.Column("details", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.PrimaryKeyConstraint("id"),
-    sa.CheckConstraint(f"kind IN {ALERT_KINDS!r}", name="kind"),
+    sa.CheckConstraint(f"kind IN {ALL_ALERT_KINDS!r}", name="kind"),
     sa.CheckConstraint(f"device_type IN {ALERT_DEVICE_TYPES!r}", name="device_type"),
     sa.CheckConstraint(f"char_length(device_id) BETWEEN 1 AND {DEVICE_ID_MAX_LENGTH}", name="device_id_length"),
     sa.CheckConstraint("resolved_at IS NULL OR resolved_at >= opened_at", name="resolution"),
@@ -248,4 +252,21 @@ job_runs = sa.Table(
     sa.Column("failure_count", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.PrimaryKeyConstraint("job_name"),
     sa.CheckConstraint(f"result IN {JOB_RESULTS!r}", name="result"),
+)
+
+#: Why `fleet jobs run` runs a TimescaleDB job instead of TimescaleDB (migration 0008; db/timescaledb_jobs.py).
+TAKEOVER_REASONS = ("scheduler_absent", "scheduler_failing", "job_failed")
+
+# One row per TimescaleDB job that `fleet jobs run` runs (with CALL run_job) and has paused in TimescaleDB
+# (alter_job scheduled => false): tells that pause apart from an operator's, and says why and since when.
+timescaledb_job_takeovers = sa.Table(
+    "timescaledb_job_takeovers",
+    metadata,
+    sa.Column("job_id", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("taken_by", sa.Text, nullable=True),  # holder of the scheduler that took it over
+    sa.Column("taken_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("job_id"),
+    sa.CheckConstraint(f"reason IN {TAKEOVER_REASONS!r}", name="reason"),
 )

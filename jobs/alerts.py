@@ -1,7 +1,8 @@
 """Alert evaluation as a job (`scan_alerts`, called by the scheduler) and the `fleet alerts` commands.
 
 `scan_alerts(engine, settings)` runs one scan (db.alerts.scan) in one transaction, with the thresholds and
-windows of the settings and the database's clock. Invariants:
+windows of the settings and the database's clock (`policy_failed` alerts are evaluated by the scheduler's alerts
+job: jobs/scheduler.py `evaluate_policy_alerts`). Invariants:
 
 - Safe to re-run: a scan opens an alert only where none is open, refreshes the open ones whose condition
   holds, resolves those whose condition cleared; a re-run on unchanged data changes only `last_seen_at`.
@@ -29,7 +30,7 @@ from sqlalchemy.engine import Engine
 import db
 from api.config import Settings
 from db import alerts
-from db.schema import ALERT_KINDS
+from db.schema import ALERT_KINDS, POLICY_ALERT_KIND
 from jobs.cli_support import cli_engine, emit, load_settings
 
 logger = logging.getLogger(__name__)
@@ -163,6 +164,9 @@ def _summary(alert: alerts.Alert) -> str:
         offset = d.get("medianOffsetSeconds")
         offset_text = "no meter reading nearby" if offset is None else f"median offset {float(offset):+.1f} s"
         return f"match rate {float(d['matchRate']):.0%}, {offset_text}"
+    if alert.kind == POLICY_ALERT_KIND:
+        on = f" on {d['relation']}" if d.get("relation") else ""
+        return f"{d.get('procName')}{on}: last run by {d.get('lastRunBy')} failed: {d.get('error')}"
     if alert.kind == "silent_device" and d.get("silentMinutes") is not None:
         return f"silent {float(d['silentMinutes']):.0f} min"
     return ""

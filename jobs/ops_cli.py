@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 import db
 from api.config import Settings
 from db import edition, job_runs, policies
+from db import timescaledb_jobs as tsjobs
 from db.policies import format_interval
 from jobs.cli_support import cli_engine, emit, load_settings
 from jobs.scheduler import Outcome, Scheduler
@@ -77,51 +78,102 @@ def _fleet_job_info(name: str, every: timedelta, runs: dict[str, job_runs.JobRun
     }
 
 
-def _policy_info(
-    job: policies.PolicyJob | None, fleet_runs_it: bool, runs: dict[str, job_runs.JobRun], now: datetime
+def _timescaledb_job_info(
+    job: tsjobs.TimescaleJob | None,
+    health: tsjobs.SchedulerHealth,
+    runs: dict[str, job_runs.JobRun],
+    now: datetime,
 ) -> dict[str, Any] | None:
+    """One TimescaleDB job: who runs it and why, its last run by either runner, and each runner's record."""
     if job is None:
         return None
-    timescaledb = {
-        "last_run_started_at": job.last_run_started_at,
-        "last_successful_finish": job.last_successful_finish,
-        "last_run_status": job.last_run_status,
-        "job_status": job.job_status,
-        "next_start": job.next_start,
-        "total_runs": job.total_runs,
-        "total_failures": job.total_failures,
-    }
-    if fleet_runs_it:
-        # run_job does not update TimescaleDB's job_stats: our job_runs row is the record.
-        info = _fleet_job_info(job_runs.timescaledb_job_name(job.job_id), job.schedule_interval, runs, now)
-    else:
-        info = {
-            "job": job_runs.timescaledb_job_name(job.job_id),
-            "run_by": "TimescaleDB background workers",
-            "schedule_interval": format_interval(job.schedule_interval),
-            "last_run_started_at": job.last_run_started_at,
-            "last_run_finished_at": job.last_successful_finish,
-            "last_result": job.last_run_status,
-            "last_error": None,
-            "next_run": job.next_start,
-            "due": None,
+    run = runs.get(job.name)
+    decision = tsjobs.decide(job, health, run)
+    by, started, result, error = tsjobs.last_run(job, run)
+    ours = _fleet_job_info(job.name, job.schedule_interval, runs, now)
+    fleet_runs_it = decision.run_by == tsjobs.RUN_BY_FLEET
+    status = {None: "never ran", "failed": "Failed"}.get(result, "Success")
+    return {
+        "job_id": job.job_id,
+        "job": job.name,
+        "proc_name": job.proc_name,
+        "relation": job.relation,
+        "scheduled": job.scheduled,
+        "run_by": decision.run_by,
+        "run_by_reason": decision.reason,
+        "taken_over": {
+            "at": _iso(job.taken_at),
+            "reason": job.takeover_reason,
+            "detail": job.takeover_detail,
+            "by": job.taken_by,
         }
-    return {"job_id": job.job_id, "scheduled": job.scheduled, **info, "timescaledb_stats": timescaledb}
+        if job.taken_over
+        else None,
+        "schedule_interval": format_interval(job.schedule_interval),
+        # The newest finished run, by TimescaleDB or by `fleet jobs run` (run_job is not in TimescaleDB's stats).
+        "status": status,
+        "last_run_by": by,
+        "last_run_started_at": _iso(started),
+        "last_result": result,
+        "last_error": error,
+        "next_run": ours["next_run"] if fleet_runs_it else _iso(job.next_start),
+        "due": ours["due"] if fleet_runs_it else None,
+        "timescaledb_stats": {
+            "last_run_started_at": _iso(job.last_run_started_at),
+            "last_successful_finish": _iso(job.last_successful_finish),
+            "last_run_status": job.last_run_status,
+            "last_error": job.last_error,
+            "last_error_at": _iso(job.last_error_at),
+            "running": job.running_in_timescaledb,
+            "next_start": _iso(job.next_start),
+            "total_runs": job.total_runs,
+            "total_failures": job.total_failures,
+        },
+        "fleet_stats": {
+            "last_run_started_at": ours["last_run_started_at"],
+            "last_run_finished_at": ours["last_run_finished_at"],
+            "last_result": ours["last_result"],
+            "last_error": ours["last_error"],
+            "runs": run.run_count if run else 0,
+            "failures": run.failure_count if run else 0,
+        },
+    }
+
+
+def _health_info(health: tsjobs.SchedulerHealth) -> dict[str, Any]:
+    return {
+        "state": health.state,
+        "reason": health.reason,
+        "probe_job_id": health.probe_job_id,
+        "probe_last_status": health.probe_last_status,
+        "probe_last_run_started_at": _iso(health.probe_last_started_at),
+        "probe_last_success_at": _iso(health.probe_last_success_at),
+        "probe_last_error": health.probe_last_error,
+    }
 
 
 def policies_report(conn: Connection, settings: Settings) -> dict[str, Any]:
     """Everything `fleet policies show` reports, JSON-ready."""
     info = edition.describe(conn)
-    fleet_runs_policies = info.community and not policies.timescaledb_runs_policies(conn, info)
     chunks = policies.chunk_intervals(conn)
     runs = job_runs.get_runs(conn)
     now = job_runs.db_now(conn)
+    ts_jobs = tsjobs.list_jobs(conn) if info.community else []
+    health = tsjobs.scheduler_health(conn, info, ts_jobs)
+    by_id = {j.job_id: j for j in ts_jobs}
+    runners = {tsjobs.decide(j, health, runs.get(j.name)).run_by for j in ts_jobs if not j.is_probe}
     if not info.community:
         runner = "no policies on the Apache edition: retention is `fleet jobs run`'s own drop_chunks job"
-    elif fleet_runs_policies:
-        runner = "`fleet jobs run` (this engine has no TimescaleDB background workers: nothing runs them otherwise)"
+    elif runners == {tsjobs.RUN_BY_FLEET}:
+        runner = f"`fleet jobs run` (TimescaleDB's scheduler cannot run them: {health.reason})"
+    elif tsjobs.RUN_BY_FLEET in runners:
+        runner = f"TimescaleDB, except the jobs `fleet jobs run` took over (see each job; {health.reason})"
     else:
-        runner = "TimescaleDB background workers"
+        runner = f"TimescaleDB background workers ({health.reason})"
+
+    def job_info(job: policies.PolicyJob | None) -> dict[str, Any] | None:
+        return _timescaledb_job_info(by_id.get(job.job_id) if job else None, health, runs, now)
+
     report: dict[str, Any] = {
         "edition": {
             "license": info.license,
@@ -131,6 +183,7 @@ def policies_report(conn: Connection, settings: Settings) -> dict[str, Any]:
             "embedded": info.embedded,
         },
         "policies_run_by": runner,
+        "timescaledb_scheduler": _health_info(health),
         "hypertables": [],
         "aggregates": [],
     }
@@ -146,12 +199,12 @@ def policies_report(conn: Connection, settings: Settings) -> dict[str, Any]:
                     "retention": {
                         "drop_after": format_interval(retention.drop_after) if retention else None,
                         "by": "TimescaleDB policy" if retention else None,
-                        "job": _policy_info(retention, fleet_runs_policies, runs, now),
+                        "job": job_info(retention),
                     },
                     "compression": {
                         "available": True,
                         "compress_after": format_interval(compression.compress_after) if compression else None,
-                        "job": _policy_info(compression, fleet_runs_policies, runs, now),
+                        "job": job_info(compression),
                     },
                 }
             )
@@ -166,11 +219,11 @@ def policies_report(conn: Connection, settings: Settings) -> dict[str, Any]:
                         "start_offset": format_interval(refresh.start_offset) if refresh else None,
                         "end_offset": format_interval(refresh.end_offset) if refresh else None,
                         "schedule_interval": format_interval(refresh.schedule_interval) if refresh else None,
-                        "job": _policy_info(refresh, fleet_runs_policies, runs, now),
+                        "job": job_info(refresh),
                     },
                     "retention": {
                         "drop_after": format_interval(rollup_retention.drop_after) if rollup_retention else None,
-                        "job": _policy_info(rollup_retention, fleet_runs_policies, runs, now),
+                        "job": job_info(rollup_retention),
                     },
                 }
             )
@@ -202,6 +255,10 @@ def policies_report(conn: Connection, settings: Settings) -> dict[str, Any]:
                     " keeps exactly what raw retention keeps",
                 }
             )
+    report["timescaledb_jobs"] = [_timescaledb_job_info(j, health, runs, now) for j in ts_jobs]
+    report["failing_policies"] = sorted(
+        s.job for s in tsjobs.policy_statuses(conn, info, runs, health, ts_jobs) if s.failing
+    )
     report["scheduler_jobs"] = [
         {
             "job": r.job_name,
@@ -237,8 +294,16 @@ def _job_line(label: str, job: dict[str, Any] | None) -> str:
     ident = f"job {job['job_id']}" if job.get("job_id") is not None else job["job"]
     every = job["schedule_interval"] or "-"
     line = f"  {label:<34} {ident:<10} every {every:<6} last {last}  result {result}  next {nxt}"
+    if job.get("run_by"):
+        by = f" (last run by {job['last_run_by']})" if job.get("last_run_by") else ""
+        line += f"\n  {'':<34} run by {job['run_by']}{by}"
+        if job.get("taken_over"):
+            line += f" since {_when(job['taken_over']['at'])}: {job['taken_over']['detail']}"
     if job.get("last_error"):
         line += f"\n  {'':<34} error: {job['last_error']}"
+    ts = job.get("timescaledb_stats")
+    if ts and ts.get("last_run_status") == "Failed" and job.get("last_run_by") != "TimescaleDB":
+        line += f"\n  {'':<34} TimescaleDB's last run ({_when(ts['last_run_started_at'])}) Failed: {ts['last_error']}"
     return line
 
 
@@ -248,6 +313,13 @@ def render_report(report: dict[str, Any]) -> str:
     lines = [
         f"TimescaleDB {ed['timescaledb_version']} {'Community' if ed['community'] else 'Apache'} edition"
         f"{' (embedded engine)' if ed['embedded'] else ''}; policies run by: {report['policies_run_by']}",
+    ]
+    if ed["community"]:
+        sched = report["timescaledb_scheduler"]
+        lines.append(f"TimescaleDB's scheduler: {sched['state']} ({sched['reason']})")
+    if report["failing_policies"]:
+        lines.append(f"FAILING: {', '.join(report['failing_policies'])}")
+    lines += [
         "",
         f"{'hypertable':<20} {'chunk':<7} {'retention':<28} compression",
     ]
@@ -283,6 +355,17 @@ def render_report(report: dict[str, Any]) -> str:
         if a["refresh"] is not None:
             lines.append(_job_line(f"{a['name']} refresh", a["refresh"]["job"]))
             lines.append(_job_line(f"{a['name']} retention", a["retention"]["job"]))
+    policy_ids = {
+        j["job_id"]
+        for section in (*report["hypertables"], *report["aggregates"])
+        for part in section.values()
+        if isinstance(part, dict)
+        for j in [part.get("job")]
+        if isinstance(j, dict) and j.get("job_id") is not None
+    }
+    for j in report.get("timescaledb_jobs", []):
+        if j["job_id"] not in policy_ids:
+            lines.append(_job_line(f"{j['proc_name']}{' on ' + j['relation'] if j['relation'] else ''}", j))
     others = [j for j in report["scheduler_jobs"] if not j["job"].startswith(job_runs.TIMESCALEDB_JOB_PREFIX)]
     for j in others:
         if j["job"] == "retention" and not report["edition"]["community"]:
@@ -477,7 +560,7 @@ def jobs_run(once: bool, as_json: bool) -> None:
     def report(outcomes: list[Outcome]) -> None:
         if as_json:
             for o in outcomes:
-                if o.status in ("succeeded", "failed"):
+                if o.status in ("succeeded", "failed", "handed_back"):
                     click.echo(json.dumps({"holder": scheduler.holder, **o.as_dict()}))
 
     stop = threading.Event()

@@ -3,10 +3,15 @@
 Jobs (plain functions over an Engine, each safe to re-run, each returning a stats dataclass that is logged and
 kept in `job_runs.stats`):
 - `retention` (Apache edition, no retention policy there): jobs.retention.run_retention, drop_chunks;
-- `timescaledb_job_<id>` (Community edition without TimescaleDB background workers, i.e. the embedded engine):
-  each scheduled TimescaleDB job (refresh, compression and retention policies) through `CALL run_job(id)`, on
-  its own `schedule_interval`. Where background workers exist TimescaleDB runs them and we never do;
-- `alerts` (everywhere): alert evaluation, `jobs.alerts.scan_alerts(engine, settings)`;
+- `timescaledb_job_<id>` (Community edition): each TimescaleDB job (refresh, compression and retention
+  policies, user jobs) that TimescaleDB's own scheduler cannot run or whose runs by it fail, through
+  `CALL run_job(id)`, on its own `schedule_interval`. Which ones is detected at every tick, never assumed
+  (db/timescaledb_jobs.py): such a job is first taken over (paused in TimescaleDB with
+  `alter_job(id, scheduled => false)` and recorded in `timescaledb_job_takeovers`, in one transaction), and
+  handed back (scheduled again) once TimescaleDB's runs succeed again (its probe job). Jobs TimescaleDB runs
+  successfully are never run by us;
+- `alerts` (everywhere): alert evaluation, `jobs.alerts.scan_alerts(engine, settings)`, then `policy_failed`
+  alerts (`evaluate_policy_alerts`);
 - `checkpoint` (embedded engine only: it has no checkpointer process): `CHECKPOINT`.
 
 Concurrency invariant: any number of schedulers may run against one database (two `fleet jobs run` copies on
@@ -22,6 +27,11 @@ a real PostgreSQL server never by two at once. Two mechanisms, because the engin
   and releases advisory locks when a client disconnects: a held lock connection would lock every other client
   (the job itself included) out, so there the lease alone excludes (FLEET_JOBS_LEASE_SECONDS).
 Due times are judged by the database's clock, never a scheduler's.
+
+Never at the same time as TimescaleDB: a TimescaleDB job is run by us only while it is paused in TimescaleDB
+(taken over), and, under the job's lock and before the claim, only if no run TimescaleDB started is still going
+(`db.timescaledb_jobs` `running_in_timescaledb`; otherwise the job is `busy` and retried at the next tick). A
+job is handed back only under its lock too, so no run of ours is in progress when TimescaleDB may start it.
 """
 
 from __future__ import annotations
@@ -44,7 +54,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import db
 from api.config import Settings
-from db import edition, job_runs, policies
+from db import alerts, edition, job_runs, policies
+from db import timescaledb_jobs as tsjobs
 from jobs.retention import run_retention
 
 logger = logging.getLogger(__name__)
@@ -52,15 +63,12 @@ logger = logging.getLogger(__name__)
 #: Module that evaluates alerts (`scan_alerts(engine, settings)`); imported only when the alerts job runs.
 ALERTS_MODULE = "jobs.alerts"
 #: TimescaleDB's own housekeeping jobs have ids below 1000; policies and user jobs start at 1000.
-FIRST_USER_JOB_ID = 1000
+FIRST_USER_JOB_ID = tsjobs.FIRST_USER_JOB_ID
 
 JobFn = Callable[[Engine], Any]
-Status = Literal["succeeded", "failed", "not_due", "busy"]
+ReadyFn = Callable[[Engine], str | None]
+Status = Literal["succeeded", "failed", "not_due", "busy", "handed_back"]
 
-_TIMESCALEDB_JOBS = sa.text(
-    "SELECT job_id, proc_name, hypertable_name, schedule_interval FROM timescaledb_information.jobs"
-    " WHERE scheduled AND job_id >= :first ORDER BY job_id"
-)
 _RUN_JOB = sa.text("CALL run_job(:job_id)")
 _CHECKPOINT = sa.text("CHECKPOINT")
 _TRY_LOCK = sa.text("SELECT pg_try_advisory_lock(hashtext('fleet-jobs'), hashtext(:name))")
@@ -75,6 +83,8 @@ class Job:
     every: timedelta
     run: JobFn
     description: str
+    #: Checked under the job's lock before a run is claimed: None, or why it cannot run now (it is then busy).
+    ready: ReadyFn | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +163,31 @@ def run_alerts(engine: Engine, settings: Settings) -> Any:
         if exc.name != ALERTS_MODULE:
             raise
         raise JobUnavailable(f"{ALERTS_MODULE} is not installed: alert evaluation cannot run") from None
-    return scan_alerts(engine, settings)
+    stats = scan_alerts(engine, settings)
+    evaluate_policy_alerts(engine)
+    return stats
+
+
+def evaluate_policy_alerts(engine: Engine) -> alerts.KindStats:
+    """Open, refresh and resolve `policy_failed` alerts: a policy job whose newest finished run, by TimescaleDB or
+    by us, failed (db/timescaledb_jobs.py); one transaction."""
+    with db.transaction(engine) as conn:
+        alerts.lock_scans(conn)
+        inputs = tsjobs.policy_alert_inputs(tsjobs.current_policy_statuses(conn))
+        counts = alerts.evaluate_policy_alerts(conn, inputs)
+    logger.info(
+        "alert scan policy_failed: opened %d, refreshed %d, resolved %d",
+        counts.opened,
+        counts.refreshed,
+        counts.resolved,
+    )
+    return counts
+
+
+#: After taking jobs over, how long to let TimescaleDB's scheduler see the pause (it reads catalog changes each
+#: time it wakes, before starting jobs, and marks a start before launching its worker) before the check that no
+#: run of TimescaleDB's is going and our first run.
+TAKEOVER_SETTLE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -164,26 +198,84 @@ class Plan:
     jobs: tuple[Job, ...]
     #: A real server: per-job session advisory locks on a dedicated connection (see the module docstring).
     session_locks: bool
-    #: Community without background workers: we run TimescaleDB's policy jobs.
-    runs_timescaledb_jobs: bool
+    #: Whether TimescaleDB's own scheduler runs jobs successfully here (db/timescaledb_jobs.py).
+    health: tsjobs.SchedulerHealth
+    #: Taken-over TimescaleDB jobs to hand back to TimescaleDB at this tick (its runs succeed again).
+    hand_backs: tuple[tsjobs.TimescaleJob, ...] = ()
+
+    @property
+    def runs_timescaledb_jobs(self) -> bool:
+        """True when at least one TimescaleDB job is ours to run."""
+        return any(j.name.startswith(job_runs.TIMESCALEDB_JOB_PREFIX) for j in self.jobs)
 
 
-def plan_jobs(engine: Engine, settings: Settings) -> Plan:
-    """Which jobs to run on this database, with their intervals (read fresh: policies may have changed)."""
+def _timescaledb_job(job: tsjobs.TimescaleJob) -> Job:
+    return Job(
+        name=job.name,
+        every=job.schedule_interval,
+        run=lambda eng: run_timescaledb_job(eng, job.job_id, job.proc_name, job.relation),
+        description=job.description,
+        ready=lambda eng: timescaledb_job_ready(eng, job.job_id),
+    )
+
+
+def timescaledb_job_ready(engine: Engine, job_id: int) -> str | None:
+    """None if TimescaleDB job `job_id` is still ours and no run TimescaleDB started is going; else why not."""
+    with engine.connect() as conn:
+        job = tsjobs.get_job(conn, job_id)
+    if job is None:
+        return f"TimescaleDB job {job_id} no longer exists"
+    if not job.taken_over or job.scheduled:
+        return f"TimescaleDB job {job_id} is TimescaleDB's again"
+    if job.running_in_timescaledb:
+        return f"a run of job {job_id} that TimescaleDB started is still going: waiting for it to finish"
+    return None
+
+
+def _reconcile_timescaledb_jobs(
+    engine: Engine, info: edition.EditionInfo, holder: str
+) -> tuple[tsjobs.SchedulerHealth, list[tsjobs.TimescaleJob], list[tsjobs.TimescaleJob]]:
+    """Take over the TimescaleDB jobs TimescaleDB cannot run; (health, jobs to run, jobs to hand back)."""
+    with engine.connect() as conn:
+        ts_jobs = tsjobs.list_jobs(conn) if info.community else []
+        health = tsjobs.scheduler_health(conn, info, ts_jobs)
+        runs = job_runs.get_runs(conn, [j.name for j in ts_jobs])
+    ours: list[tsjobs.TimescaleJob] = []
+    hand_backs: list[tsjobs.TimescaleJob] = []
+    took = False
+    for j in ts_jobs:
+        decision = tsjobs.decide(j, health, runs.get(j.name))
+        if decision.action == "take_over":
+            with db.transaction(engine) as conn:
+                if tsjobs.take_over(conn, j, decision, holder):
+                    took = True
+                    logger.warning(
+                        "TimescaleDB job %d (%s) taken over by fleet jobs run and paused in TimescaleDB: %s",
+                        j.job_id,
+                        j.description,
+                        decision.reason,
+                    )
+            ours.append(j)
+        elif decision.action == "fleet":
+            ours.append(j)
+        elif decision.action == "hand_back":
+            hand_backs.append(j)
+        elif decision.action == "released":
+            with db.transaction(engine) as conn:
+                tsjobs.release(conn, j)
+            logger.warning("TimescaleDB job %d (%s): %s", j.job_id, j.description, decision.reason)
+    if took and not info.embedded:
+        time.sleep(TAKEOVER_SETTLE_SECONDS)
+    return health, ours, hand_backs
+
+
+def plan_jobs(engine: Engine, settings: Settings, holder: str | None = None) -> Plan:
+    """Which jobs to run on this database, with their intervals (read fresh: policies may have changed). Takes
+    over the TimescaleDB jobs TimescaleDB's scheduler cannot run (see db/timescaledb_jobs.py)."""
     with engine.connect() as conn:
         info = edition.describe(conn)
-        runs_policies = info.community and not policies.timescaledb_runs_policies(conn, info)
-        rows = conn.execute(_TIMESCALEDB_JOBS, {"first": FIRST_USER_JOB_ID}).all() if runs_policies else []
-    jobs: list[Job] = []
-    for r in rows:
-        jobs.append(
-            Job(
-                name=job_runs.timescaledb_job_name(r.job_id),
-                every=r.schedule_interval,
-                run=lambda eng, r=r: run_timescaledb_job(eng, r.job_id, r.proc_name, r.hypertable_name),
-                description=f"{r.proc_name} on {r.hypertable_name}" if r.hypertable_name else r.proc_name,
-            )
-        )
+    health, ours, hand_backs = _reconcile_timescaledb_jobs(engine, info, holder or default_holder())
+    jobs: list[Job] = [_timescaledb_job(j) for j in ours]
     if not info.community:
         jobs.append(
             Job(
@@ -210,7 +302,9 @@ def plan_jobs(engine: Engine, settings: Settings) -> Plan:
                 "CHECKPOINT (the embedded engine has no checkpointer)",
             )
         )
-    return Plan(info=info, jobs=tuple(jobs), session_locks=not info.embedded, runs_timescaledb_jobs=runs_policies)
+    return Plan(
+        info=info, jobs=tuple(jobs), session_locks=not info.embedded, health=health, hand_backs=tuple(hand_backs)
+    )
 
 
 def default_holder() -> str:
@@ -229,13 +323,13 @@ class Scheduler:
 
     def tick(self, stop: threading.Event | None = None) -> list[Outcome]:
         """Run every job that is due now, one after another; report on every job."""
-        plan = plan_jobs(self.engine, self.settings)
+        plan = plan_jobs(self.engine, self.settings, self.holder)
         names = [j.name for j in plan.jobs]
         with db.transaction(self.engine) as conn:
             job_runs.ensure_jobs(conn, names)
             runs = job_runs.get_runs(conn, names)
             now = job_runs.db_now(conn)
-        outcomes = []
+        outcomes = [self._hand_back(j, plan.session_locks) for j in plan.hand_backs]
         for job in plan.jobs:
             run = runs.get(job.name)
             if stop is not None and stop.is_set():
@@ -285,6 +379,9 @@ class Scheduler:
         with lock as got:
             if not got:
                 return Outcome(job.name, job.description, "busy", error="running in another scheduler")
+            not_ready = job.ready(self.engine) if job.ready is not None else None
+            if not_ready is not None:
+                return Outcome(job.name, job.description, "busy", error=not_ready)
             with db.transaction(self.engine) as conn:
                 claim = job_runs.claim_run(
                     conn, job.name, self.holder, every=job.every, lease=self.lease, exclusive=session_locks
@@ -294,6 +391,23 @@ class Scheduler:
                     job.name, job.description, "busy", error="claimed by another scheduler for this due time"
                 )
             return self._execute(job, claim)
+
+    def _hand_back(self, job: tsjobs.TimescaleJob, session_locks: bool) -> Outcome:
+        """Give a taken-over job back to TimescaleDB, under its lock (no run of ours is then in progress)."""
+        lock = self._session_lock(job.name) if session_locks else _held()
+        with lock as got:
+            if not got:
+                return Outcome(job.name, job.description, "busy", error="running in another scheduler")
+            with db.transaction(self.engine) as conn:
+                fresh = tsjobs.get_job(conn, job.job_id)
+                ours = job_runs.get_runs(conn, [job.name]).get(job.name)
+                done = fresh is not None and fresh.taken_over and tsjobs.hand_back(conn, fresh, ours)
+        if not done:
+            return Outcome(job.name, job.description, "busy", error="no longer taken over")
+        logger.warning(
+            "TimescaleDB job %d (%s) handed back to TimescaleDB: its runs succeed", job.job_id, job.description
+        )
+        return Outcome(job.name, job.description, "handed_back")
 
     def _execute(self, job: Job, claim: job_runs.Claim) -> Outcome:
         t0 = time.monotonic()
