@@ -239,6 +239,9 @@ FLEET_JOBS_LEASE_SECONDS = EnvVar("FLEET_JOBS_LEASE_SECONDS", _period, 900.0)
 FLEET_JOBS_RETENTION_EVERY_SECONDS = EnvVar("FLEET_JOBS_RETENTION_EVERY_SECONDS", _period, 3600.0)
 #: `fleet jobs run`: seconds between two alert evaluations.
 FLEET_JOBS_ALERTS_EVERY_SECONDS = EnvVar("FLEET_JOBS_ALERTS_EVERY_SECONDS", _period, 60.0)
+#: `fleet jobs run`, Community edition: seconds between two runs of the correlation rollup job (closed hours are
+#: materialised 5 minutes after they end; late readings are recomputed on the next run).
+FLEET_JOBS_CORRELATION_EVERY_SECONDS = EnvVar("FLEET_JOBS_CORRELATION_EVERY_SECONDS", _period, 300.0)
 #: `fleet jobs run`, embedded engine only (it has no checkpointer): seconds between two CHECKPOINTs.
 FLEET_JOBS_CHECKPOINT_EVERY_SECONDS = EnvVar("FLEET_JOBS_CHECKPOINT_EVERY_SECONDS", _period, 300.0)
 
@@ -283,6 +286,7 @@ class Settings:
     jobs_retention_every_seconds: float
     jobs_alerts_every_seconds: float
     jobs_checkpoint_every_seconds: float
+    jobs_correlation_every_seconds: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -324,6 +328,7 @@ class Settings:
             jobs_retention_every_seconds=_required(FLEET_JOBS_RETENTION_EVERY_SECONDS, env),
             jobs_alerts_every_seconds=_required(FLEET_JOBS_ALERTS_EVERY_SECONDS, env),
             jobs_checkpoint_every_seconds=_required(FLEET_JOBS_CHECKPOINT_EVERY_SECONDS, env),
+            jobs_correlation_every_seconds=_required(FLEET_JOBS_CORRELATION_EVERY_SECONDS, env),
         )
 
 

@@ -10,6 +10,7 @@ kept in `job_runs.stats`):
   `alter_job(id, scheduled => false)` and recorded in `timescaledb_job_takeovers`, in one transaction), and
   handed back (scheduled again) once TimescaleDB's runs succeed again (its probe job). Jobs TimescaleDB runs
   successfully are never run by us;
+- `correlation` (Community edition): jobs.correlation.refresh_correlation, the hourly correlation rollup;
 - `alerts` (everywhere): alert evaluation, `jobs.alerts.scan_alerts(engine, settings)`, then `policy_failed`
   alerts (`evaluate_policy_alerts`);
 - `checkpoint` (embedded engine only: it has no checkpointer process): `CHECKPOINT`.
@@ -56,6 +57,7 @@ import db
 from api.config import Settings
 from db import alerts, edition, job_runs, policies
 from db import timescaledb_jobs as tsjobs
+from jobs.correlation import refresh_correlation
 from jobs.retention import run_retention
 
 logger = logging.getLogger(__name__)
@@ -283,6 +285,15 @@ def plan_jobs(engine: Engine, settings: Settings, holder: str | None = None) -> 
                 timedelta(seconds=settings.jobs_retention_every_seconds),
                 run_retention,
                 "drop expired raw chunks (Apache edition: no retention policy)",
+            )
+        )
+    if info.community:
+        jobs.append(
+            Job(
+                "correlation",
+                timedelta(seconds=settings.jobs_correlation_every_seconds),
+                refresh_correlation,
+                "materialise closed hours of the correlation rollup, recompute invalidated ones",
             )
         )
     jobs.append(

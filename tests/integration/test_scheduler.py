@@ -39,12 +39,12 @@ def _url(engine: Engine) -> str:
 def _expected_jobs(engine_kind: str, engine: Engine) -> set[str]:
     """Apache: its retention job and alerts. Community: alerts, the TimescaleDB jobs TimescaleDB's own scheduler
     cannot run here (all 8 policies on the embedded engine and where its runs fail, e.g. PostgreSQL 15.20; none
-    where they succeed), and CHECKPOINT on the embedded engine."""
+    where they succeed), the correlation rollup, and CHECKPOINT on the embedded engine."""
     if not is_community(engine_kind):
         return {"retention", "alerts"}
     assert len(timescaledb_state.user_job_ids(engine)) == POLICY_JOBS
     policies = {job_runs.timescaledb_job_name(i) for i in timescaledb_state.jobs_fleet_runs(engine_kind, engine)}
-    return policies | {"alerts"} | ({"checkpoint"} if engine_kind == "embedded" else set())
+    return policies | {"correlation", "alerts"} | ({"checkpoint"} if engine_kind == "embedded" else set())
 
 
 def _runs(engine: Engine) -> dict[str, sa.Row]:
