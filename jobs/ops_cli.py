@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 import db
 from api.config import Settings
-from db import edition, job_runs, policies
+from db import correlation, edition, job_runs, policies
 from db import timescaledb_jobs as tsjobs
 from db.policies import format_interval
 from jobs.cli_support import cli_engine, emit, load_settings
@@ -255,6 +255,14 @@ def policies_report(conn: Connection, settings: Settings) -> dict[str, Any]:
                     " keeps exactly what raw retention keeps",
                 }
             )
+    if info.community:
+        watermark, pending = correlation.pending(conn)
+        report["correlation_rollup"] = {
+            "name": "vehicle_correlation_1h",
+            "kept_by": "`fleet jobs run` (job `correlation`)",
+            "materialized_until": _iso(watermark),
+            "pending_invalidations": pending,
+        }
     report["timescaledb_jobs"] = [_timescaledb_job_info(j, health, runs, now) for j in ts_jobs]
     report["failing_policies"] = sorted(
         s.job for s in tsjobs.policy_statuses(conn, info, runs, health, ts_jobs) if s.failing
@@ -345,6 +353,13 @@ def render_report(report: dict[str, Any]) -> str:
         )
         kept = f"kept {a['retention']['drop_after']}" if a["retention"]["drop_after"] else "kept forever"
         lines.append(f"{a['name']:<20} {a['kind']:<34} {window}; {kept}")
+    if "correlation_rollup" in report:
+        c = report["correlation_rollup"]
+        done = f"complete up to {_when(c['materialized_until'])}" if c["materialized_until"] else "not materialised yet"
+        lines.append(
+            f"{c['name']:<20} {'kept by ' + c['kept_by']:<34} {done};"
+            f" {c['pending_invalidations']} vehicle hours to recompute"
+        )
     lines += ["", "jobs:"]
     for h in report["hypertables"]:
         if h["retention"]["job"] is not None:

@@ -144,11 +144,19 @@ def test_policies_show_reports_every_hypertable_and_aggregate(engine, engine_kin
         else:
             assert a["kind"] == "plain view" and a["refresh"] is None and a["retention"] is None
 
+    if community:
+        corr = report["correlation_rollup"]
+        assert (corr["name"], corr["kept_by"]) == ("vehicle_correlation_1h", "`fleet jobs run` (job `correlation`)")
+        assert isinstance(corr["pending_invalidations"], int)
+    else:
+        assert "correlation_rollup" not in report
+
     human = fleet(engine, "policies", "show")
     assert human.exit_code == 0, human.output
     assert "meter_readings_1h" in human.stdout
     if community:
         assert "refresh from 30d to 1h ago every 30m; kept 1095d" in human.stdout
+        assert "vehicle_correlation_1h" in human.stdout and "vehicle hours to recompute" in human.stdout
     else:
         assert "unavailable on the Apache edition" in human.stdout
 
