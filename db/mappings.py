@@ -44,7 +44,10 @@ _INVALIDATE_FROM = sa.text(
     """
     INSERT INTO correlation_invalidations (vehicle_id, bucket)
     SELECT :vehicle_id, bucket
-      FROM generate_series(time_bucket(INTERVAL '1 hour', CAST(:valid_from AS timestamptz)),
+      FROM generate_series(greatest(time_bucket(INTERVAL '1 hour', CAST(:valid_from AS timestamptz)),
+                                    -- no hour before the vehicle's first reading can change (none: no hour)
+                                    (SELECT coalesce(time_bucket(INTERVAL '1 hour', min(recorded_at)), 'infinity')
+                                       FROM vehicle_readings WHERE vehicle_id = :vehicle_id)),
                            time_bucket(INTERVAL '1 hour', clock_timestamp() - CAST(:margin AS interval))
                            - INTERVAL '1 hour',
                            INTERVAL '1 hour') AS bucket
