@@ -27,7 +27,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from db import correlation
-from db.correlation import MATCH_TOLERANCE_SECONDS as MATCH_TOLERANCE_SECONDS
 from db.errors import NotFound
 from db.schema import (
     DEVICE_ID_MAX_LENGTH,
@@ -78,10 +77,10 @@ class Correlation:
     """How well a vehicle's readings line up in time with its mapped meter's."""
 
     vehicle_readings: int
-    #: vehicle readings with a reading of the mapped meter within MATCH_TOLERANCE_SECONDS
+    #: vehicle readings with a reading of the mapped meter within correlation.MATCH_TOLERANCE_SECONDS
     matched_readings: int
     #: median of (vehicle time - nearest meter time) in seconds over readings with a meter reading within
-    #: OFFSET_SEARCH_SECONDS; positive when the vehicle's clock runs ahead of its meter's
+    #: correlation.OFFSET_SEARCH_SECONDS; positive when the vehicle's clock runs ahead of its meter's
     typical_offset_seconds: float | None
 
 
@@ -205,6 +204,7 @@ def _overlapping(map_: sa.Table, start: datetime, end: datetime) -> sa.ColumnEle
 _VEHICLE_KNOWN = sa.text(
     """
     SELECT current_setting('timescaledb.license') = 'timescale' AS community,
+           (SELECT materialized_until FROM correlation_watermark) AS correlation_watermark,
            EXISTS (SELECT 1 FROM vehicles_current WHERE vehicle_id = :vehicle_id)
            OR EXISTS (SELECT 1 FROM vehicle_meter_mapping WHERE vehicle_id = :vehicle_id) AS known
     """
@@ -264,7 +264,9 @@ def vehicle_performance(
             )
         )
 
-    corr = correlation.vehicle_window(conn, vehicle_id, start, end, community=community)
+    corr = correlation.vehicle_window(
+        conn, vehicle_id, start, end, community=community, watermark=probe.correlation_watermark
+    )
     return VehiclePerformance(
         vehicle_id=vehicle_id,
         start=start,

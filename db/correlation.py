@@ -145,24 +145,24 @@ def _raw_hours(vehicle_filter: str) -> str:
 #: parameters are those of `window_params`. Columns: vehicle_id, vehicle_readings, mapped_readings,
 #: matched_readings, median_offset_s.
 WINDOW_ALL_SQL = _WINDOW.format(stored_filter=_STORED_ALL, raw_hours=_raw_hours(_ALL_VEHICLES))
-_WINDOW_ALL = sa.text(WINDOW_ALL_SQL)
 _WINDOW_ONE = sa.text(_WINDOW.format(stored_filter=_STORED_SOME, raw_hours=_raw_hours(_SOME_VEHICLES)))
 
-_MATERIALIZE = sa.text(
-    "INSERT INTO vehicle_correlation_1h"
-    " (vehicle_id, bucket, vehicle_readings, mapped_readings, matched_readings, offsets) "
-    + _raw_hours(_ALL_VEHICLES)
-    + " ON CONFLICT (vehicle_id, bucket) DO UPDATE SET vehicle_readings = EXCLUDED.vehicle_readings,"
-    " mapped_readings = EXCLUDED.mapped_readings, matched_readings = EXCLUDED.matched_readings,"
-    " offsets = EXCLUDED.offsets"
-)
-_DELETE_STORED = sa.text(
-    "DELETE FROM vehicle_correlation_1h WHERE bucket = :bucket AND vehicle_id = ANY (CAST(:vehicle_ids AS text[]))"
-)
-_REMATERIALIZE = sa.text(
-    "INSERT INTO vehicle_correlation_1h"
-    " (vehicle_id, bucket, vehicle_readings, mapped_readings, matched_readings, offsets) " + _raw_hours(_SOME_VEHICLES)
-)
+
+def _upsert(vehicle_filter: str) -> sa.TextClause:
+    # A vehicle hour's readings never go away (history is insert-only), so an upsert of the recomputed rows
+    # replaces every stored row that changed.
+    return sa.text(
+        "INSERT INTO vehicle_correlation_1h"
+        " (vehicle_id, bucket, vehicle_readings, mapped_readings, matched_readings, offsets) "
+        + _raw_hours(vehicle_filter)
+        + " ON CONFLICT (vehicle_id, bucket) DO UPDATE SET vehicle_readings = EXCLUDED.vehicle_readings,"
+        " mapped_readings = EXCLUDED.mapped_readings, matched_readings = EXCLUDED.matched_readings,"
+        " offsets = EXCLUDED.offsets"
+    )
+
+
+_MATERIALIZE = _upsert(_ALL_VEHICLES)
+_REMATERIALIZE = _upsert(_SOME_VEHICLES)
 _LOCK_WATERMARK = sa.text(
     "SELECT materialized_until, statement_timestamp() AS now FROM correlation_watermark FOR UPDATE"
 )
@@ -217,27 +217,23 @@ def window_params(start: datetime, end: datetime, *, community: bool, watermark:
 
 
 def vehicle_window(
-    conn: Connection, vehicle_id: str, start: datetime, end: datetime, *, community: bool
+    conn: Connection,
+    vehicle_id: str,
+    start: datetime,
+    end: datetime,
+    *,
+    community: bool,
+    watermark: datetime | None,
 ) -> WindowCorrelation:
-    """One vehicle's correlation over [start, end) (whole hours)."""
-    params = window_params(start, end, community=community, watermark=materialized_until(conn) if community else None)
+    """One vehicle's correlation over [start, end) (whole hours); `watermark` as `materialized_until` read it (the
+    caller reads it with its other probes: one round trip fewer on the request path)."""
+    params = window_params(start, end, community=community, watermark=watermark)
     row = conn.execute(_WINDOW_ONE, {**params, "vehicle_ids": [vehicle_id]}).one_or_none()
     if row is None:
         return WindowCorrelation(vehicle_id, 0, 0, 0, None)
     return WindowCorrelation(
         vehicle_id, row.vehicle_readings, row.mapped_readings, row.matched_readings, row.median_offset_s
     )
-
-
-def fleet_window(conn: Connection, start: datetime, end: datetime, *, community: bool) -> dict[str, WindowCorrelation]:
-    """Every vehicle with readings in [start, end) (whole hours), with its correlation."""
-    params = window_params(start, end, community=community, watermark=materialized_until(conn) if community else None)
-    return {
-        r.vehicle_id: WindowCorrelation(
-            r.vehicle_id, r.vehicle_readings, r.mapped_readings, r.matched_readings, r.median_offset_s
-        )
-        for r in conn.execute(_WINDOW_ALL, params)
-    }
 
 
 # --- keeping the rollup (Community) -----------------------------------------------------------------------
@@ -256,12 +252,9 @@ class RefreshBatch:
     #: logged invalidations taken, and the vehicle-hour rows recomputed for them
     invalidations: int
     recomputed_vehicle_hours: int
+    #: the watermark reached the newest settled hour (or `until`): nothing left for another batch
+    caught_up: bool
     seconds: float
-
-    @property
-    def caught_up(self) -> bool:
-        """True when nothing was left to do after this batch."""
-        return self.hours == 0 and self.invalidations == 0
 
 
 def refresh_batch(conn: Connection, *, batch_hours: int = BATCH_HOURS, until: datetime | None = None) -> RefreshBatch:
@@ -298,7 +291,6 @@ def refresh_batch(conn: Connection, *, batch_hours: int = BATCH_HOURS, until: da
             by_hour.setdefault(r.bucket, []).append(r.vehicle_id)
     recomputed = 0
     for bucket, vehicle_ids in sorted(by_hour.items()):
-        conn.execute(_DELETE_STORED, {"bucket": bucket, "vehicle_ids": vehicle_ids})
         recomputed += conn.execute(
             _REMATERIALIZE,
             {
@@ -317,6 +309,7 @@ def refresh_batch(conn: Connection, *, batch_hours: int = BATCH_HOURS, until: da
         vehicle_hours=vehicle_hours,
         invalidations=len(taken),
         recomputed_vehicle_hours=recomputed,
+        caught_up=new_until >= upto,
         seconds=round(time.monotonic() - t0, 3),
     )
 

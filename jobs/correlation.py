@@ -54,7 +54,7 @@ def refresh_correlation(
         with db.transaction(engine) as conn:
             batch = correlation.refresh_batch(conn, until=until)
         batches.append(batch)
-        if batch.caught_up or batch.hours == 0:
+        if batch.caught_up:
             break
     with db.transaction(engine) as conn:
         dropped = correlation.drop_expired(conn)
@@ -65,7 +65,7 @@ def refresh_correlation(
         invalidations=sum(b.invalidations for b in batches),
         recomputed_vehicle_hours=sum(b.recomputed_vehicle_hours for b in batches),
         materialized_until=batches[-1].materialized_until,
-        caught_up=batches[-1].caught_up or batches[-1].hours == 0,
+        caught_up=batches[-1].caught_up,
         chunks_dropped=dropped,
         seconds=round(time.monotonic() - t0, 3),
     )

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 import db
 from api.analytics.window import Window
-from db import analytics
+from db import analytics, correlation
 
 ENERGY_DECIMALS = 6
 MEASURE_DECIMALS = 3
@@ -75,7 +75,7 @@ def vehicle_performance(engine: Engine, vehicle_id: str, window: Window) -> dict
             "matched_readings": corr.matched_readings,
             "match_rate": _round(_ratio(corr.matched_readings, corr.vehicle_readings)),
             "typical_clock_offset_seconds": _round(corr.typical_offset_seconds, MEASURE_DECIMALS),
-            "tolerance_seconds": analytics.MATCH_TOLERANCE_SECONDS,
+            "tolerance_seconds": correlation.MATCH_TOLERANCE_SECONDS,
         },
     }
 
