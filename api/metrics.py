@@ -71,6 +71,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
+import db
 from api.auth import require_role
 from api.config import Settings
 from api.problems import PROBLEM_JSON
@@ -305,7 +306,7 @@ class PolicyCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         try:
-            with self._engine.connect() as conn:
+            with db.transaction(self._engine) as conn:  # committed: a ROLLBACK drops the prepared statements
                 statuses = timescaledb_jobs.current_policy_statuses(conn)
         except SQLAlchemyError as exc:
             logger.warning("metrics: cannot read the policy jobs' status: %s", exc.__cause__ or exc)

@@ -21,6 +21,14 @@ POOLED_CONNECT_TIMEOUT_S = 3
 UNPOOLED_CONNECT_TIMEOUT_S = 60
 #: Pooled engines: after a failed connect, seconds during which further connects fail at once (see _FailFast).
 FAIL_FAST_PAUSE_S = 1.0
+#: Every statement is planned for its own parameters. psycopg prepares a statement after its 5th execution on a
+#: connection, and PostgreSQL then switches to a generic plan when its estimate looks no worse: for the analytics'
+#: meter hours that plan scans every meter's rows in the window, 375 ms instead of 11 ms at 1,000 meters
+#: (../shared/ENGINES.md), and a generic plan cannot exclude a hypertable's chunks while planning. Custom plans keep
+#: what preparing saves (parse and analysis) and cost a plan per call. tests/integration/test_plan_stability.py.
+#: The embedded engine ignores startup options; there the pool size is 0 (one connection per unit of work), so no
+#: statement reaches psycopg's threshold.
+PLAN_CACHE_OPTION = "-c plan_cache_mode=force_custom_plan"
 
 
 def make_engine(
@@ -39,7 +47,11 @@ def make_engine(
     pool, UNPOOLED_CONNECT_TIMEOUT_S without; 0 waits forever."""
     if connect_timeout is None:
         connect_timeout = POOLED_CONNECT_TIMEOUT_S if pool_size else UNPOOLED_CONNECT_TIMEOUT_S
-    connect_args = {"connect_timeout": connect_timeout, "application_name": "fleet"}
+    connect_args = {
+        "connect_timeout": connect_timeout,
+        "application_name": "fleet",
+        "options": _with_plan_cache_option(sa.engine.make_url(url).query.get("options")),
+    }
     if pool_size == 0:
         engine = sa.create_engine(url, poolclass=NullPool, connect_args=connect_args)
     else:
@@ -55,6 +67,15 @@ def make_engine(
     if read_only:
         event.listen(engine, "connect", _set_read_only)
     return engine
+
+
+def _with_plan_cache_option(url_options: str | tuple[str, ...] | None) -> str:
+    """The connection's startup `options`: the URL's own (connect_args replace them, so they are kept here) and
+    PLAN_CACHE_OPTION, unless the URL sets plan_cache_mode itself."""
+    given = " ".join(url_options) if isinstance(url_options, tuple) else (url_options or "")
+    if "plan_cache_mode" in given:
+        return given
+    return f"{given} {PLAN_CACHE_OPTION}".strip()
 
 
 class _FailFast:

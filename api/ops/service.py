@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+import db
 from db import edition, migrate
 
 logger = logging.getLogger(__name__)
@@ -18,7 +19,9 @@ def readiness(engine: Engine) -> dict[str, Any]:
     """Database reachable, schema at head, and which TimescaleDB edition serves it."""
     head = migrate.head_revision()
     try:
-        with engine.connect() as conn:
+        # Committed, not rolled back: psycopg forgets a connection's prepared statements at a ROLLBACK (DEALLOCATE ALL),
+        # and load balancers poll /ready every few seconds on the pool the requests use.
+        with db.transaction(engine) as conn:
             revision = migrate.current_revision(conn)
             info = edition.describe(conn)
     except SQLAlchemyError as exc:
