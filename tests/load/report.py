@@ -22,10 +22,14 @@ Steps, in this order, each `python -m tests.load.<name> ... --json <out>/<name>.
 4. bench_embedded   the embedded engine (PGlite) at a small scale (50 + 50 devices, 1 day): refresh vs a plain
                     GROUP BY, compression, analytics before/after (orientation; native figures are in step 2);
 5. bench_growth     3 full fleet days (10,000 + 10,000 devices) on native Community with compression on: status,
-                    24 h and 7 d analytics day by day (~15-20 minutes).
+                    24 h and 7 d analytics day by day (~15-20 minutes);
+6. bench_design     the conditions of DESIGN.md's "Performance targets" table (1,000 + 1,000 devices x 24 h, default
+                    server settings, fsync on, wrk -t2 keep-alive: single-reading ingest at 32 connections, 24 h
+                    analytics at 8, both together) on Community and Apache, next to pgbench running the same SQL,
+                    set beside the original implementation's figures from that table (~20 minutes).
 
 Every benchmark uses the API server configuration `fleet serve` ships with (workers and threads: the defaults
-of docker/gunicorn.conf.py, read from it). The full run takes about 50 minutes on a quiet 2-core machine.
+of docker/gunicorn.conf.py, read from it). The full run takes about 70 minutes on a quiet 2-core machine.
 `--quick` runs the same steps at a small scale (a few minutes in all)
 for development; its document goes to <out>/BENCHMARKS.md, not docs/, unless --doc says otherwise.
 
@@ -126,6 +130,7 @@ def steps(quick: bool, out: Path, workers: int, threads: int) -> list[Step]:
             Step(
                 "bench_growth", "tests.load.bench_growth", ["--devices", "100", "--days", "3", "--samples", "50"], 900
             ),
+            Step("bench_design", "tests.load.bench_design", ["--quick", "--timeout", "840", *server], 900),
         ]
     return [
         Step("bench_ingest", "tests.load.bench_ingest", ["--seconds", "20", "--warmup", "3", *server], 900),
@@ -154,6 +159,7 @@ def steps(quick: bool, out: Path, workers: int, threads: int) -> list[Step]:
             ["--devices", "10000", "--days", "3", "--samples", "200", "--timeout", "2700"],
             3000,
         ),
+        Step("bench_design", "tests.load.bench_design", ["--duration", "20", "--timeout", "3500", *server], 3600),
     ]
 
 
@@ -989,6 +995,19 @@ def _growth(doc: Doc, r: dict[str, Any] | None) -> None:
     )
 
 
+def _design(doc: Doc, r: dict[str, Any] | None) -> None:
+    """bench_design's own Markdown report as a section, and its verdicts in the targets summary."""
+    from tests.load import bench_design  # only when rendering: it imports the app and the other benchmarks
+
+    if not r or "editions" not in r:
+        doc.add("## Side by side with the original implementation (DESIGN.md conditions)", "")
+        doc.add("Not measured (the step failed: see its log).", "")
+        return
+    doc.add(*bench_design.render_markdown(r, level=2).splitlines(), "")
+    for row in bench_design.verdict_rows(r):
+        doc.target(*row)
+
+
 def _rel(path: str | None) -> str:
     if not path:
         return "-"
@@ -1002,7 +1021,11 @@ def render(out: Path, meta: dict[str, Any]) -> str:
     results = {s["name"]: _load(s.get("json")) for s in meta["steps"]}
     doc = Doc()
     m = meta["machine"]
-    eng_native = _get(results, "bench_analytics", "editions", "community", "engine") or {}
+    eng_native = (
+        _get(results, "bench_analytics", "editions", "community", "engine")
+        or _get(results, "bench_design", "editions", "community", "engine")
+        or {}
+    )
     eng_ingest = _get(results, "bench_ingest", "engine") or {}
     eng_emb = _get(results, "bench_embedded", "engine") or {}
     load = meta.get("loadavg", {})
@@ -1058,6 +1081,7 @@ def render(out: Path, meta: dict[str, Any]) -> str:
     _locust(body, results.get("run_locust"))
     _embedded(body, results.get("bench_embedded"))
     _growth(body, results.get("bench_growth"))
+    _design(body, results.get("bench_design"))
     doc.add("## Targets (docs: DESIGN.md), each figure next to its baseline from the same run", "")
     doc.table(["target", "figure", "baseline (same run)", "verdict"], [list(t) for t in body.targets])
     missed = [t[0] for t in body.targets if "MISSED" in t[3]]
@@ -1099,6 +1123,8 @@ def _others(name: str, r: dict[str, Any] | None) -> str:
         values.append(_get(r, "load", "cpu", "others_pct", default=0.0))
     elif name == "bench_growth":
         values = [_get(d, "cpu", "others_pct", default=0.0) for d in r.get("days", [])]
+    elif name == "bench_design":
+        values = [run.get("others_pct", 0.0) for e in r.get("editions", {}).values() for run in e.get("runs", [])]
     values = [v for v in values if v is not None]
     if not values:
         return "-"
