@@ -201,14 +201,54 @@ def _overlapping(map_: sa.Table, start: datetime, end: datetime) -> sa.ColumnEle
 
 # --- one vehicle --------------------------------------------------------------------------------------------
 
-_VEHICLE_KNOWN = sa.text(
+#: What the request needs before it can read hours, in one round trip: the edition, the correlation rollup's
+#: watermark, whether the vehicle exists, and the meters mapped to it at some time in the window.
+_VEHICLE_PROBE = sa.text(
     """
     SELECT current_setting('timescaledb.license') = 'timescale' AS community,
            (SELECT materialized_until FROM correlation_watermark) AS correlation_watermark,
            EXISTS (SELECT 1 FROM vehicles_current WHERE vehicle_id = :vehicle_id)
-           OR EXISTS (SELECT 1 FROM vehicle_meter_mapping WHERE vehicle_id = :vehicle_id) AS known
+           OR EXISTS (SELECT 1 FROM vehicle_meter_mapping WHERE vehicle_id = :vehicle_id) AS known,
+           ARRAY(SELECT DISTINCT meter_id FROM vehicle_meter_mapping
+                  WHERE vehicle_id = :vehicle_id AND valid_from < :end AND (valid_to IS NULL OR valid_to > :start)
+                  ORDER BY meter_id) AS meter_ids
     """
 )
+
+
+def _vehicle_hours_with_ac(
+    community: bool, vehicle_id: str, start: datetime, end: datetime, meter_ids: Sequence[str]
+) -> sa.Select:
+    """One row per hour of [start, end) in which the vehicle or the meter mapped to it at the hour's start reported:
+    bucket, meter_id, kwh_consumed_ac, meter_readings (NULLs: no AC that hour), kwh_delivered_dc, vehicle_readings,
+    battery_temp_min/max/avg (NULLs: no DC that hour). One statement: each side has at most one row per hour (the
+    mapping's validity ranges cannot overlap), joined FULL on the hour."""
+    v = _vehicle_hours(community, start, end, vehicle_id)
+    dc_columns = (
+        v.c.kwh_delivered_dc,
+        v.c.reading_count.label("vehicle_readings"),
+        v.c.battery_temp_min,
+        v.c.battery_temp_max,
+        v.c.battery_temp_avg,
+    )
+    if not meter_ids:  # never mapped in the window: no AC side to read
+        no_ac = (sa.null().label("meter_id"), sa.null().label("kwh_consumed_ac"), sa.null().label("meter_readings"))
+        return sa.select(v.c.bucket, *no_ac, *dc_columns)
+    map_ = vehicle_meter_mapping
+    m = _meter_hours(community, start, end, meter_ids)
+    ac = (
+        sa.select(m.c.bucket, m.c.meter_id, m.c.kwh_consumed_ac, m.c.reading_count.label("meter_readings"))
+        .select_from(m.join(map_, sa.and_(map_.c.meter_id == m.c.meter_id, _mapped_at_bucket(map_, m.c.bucket))))
+        .where(map_.c.vehicle_id == vehicle_id)
+        .subquery("ac")
+    )
+    return sa.select(
+        sa.func.coalesce(ac.c.bucket, v.c.bucket).label("bucket"),
+        ac.c.meter_id,
+        ac.c.kwh_consumed_ac,
+        ac.c.meter_readings,
+        *dc_columns,
+    ).select_from(ac.join(v, ac.c.bucket == v.c.bucket, full=True))
 
 
 def vehicle_performance(
@@ -217,50 +257,34 @@ def vehicle_performance(
     """Hour by hour AC/DC of one vehicle over [start, end) (whole hours), and its correlation quality.
 
     `community` picks the continuous aggregates (True) or the hypertables (False); None reads the server's
-    edition. NotFound when the vehicle never reported and was never mapped.
+    edition. NotFound when the vehicle never reported and was never mapped. Three statements: the probe, the
+    hours (both sides), the correlation.
     """
     if not 1 <= len(vehicle_id) <= DEVICE_ID_MAX_LENGTH or "\x00" in vehicle_id:
         raise NotFound(f"vehicle {vehicle_id!r} not found")  # could never have been stored
-    probe = conn.execute(_VEHICLE_KNOWN, {"vehicle_id": vehicle_id}).one()
+    probe = conn.execute(_VEHICLE_PROBE, {"vehicle_id": vehicle_id, "start": start, "end": end}).one()
     if not probe.known:
         raise NotFound(f"vehicle {vehicle_id!r} not found")
     community = probe.community if community is None else community
 
-    map_ = vehicle_meter_mapping
-    meter_ids = list(
-        conn.execute(
-            sa.select(map_.c.meter_id).distinct().where(map_.c.vehicle_id == vehicle_id, _overlapping(map_, start, end))
-        ).scalars()
-    )
-
-    ac: dict[datetime, tuple[str, float, int]] = {}
-    if meter_ids:
-        m = _meter_hours(community, start, end, meter_ids)
-        rows = conn.execute(
-            sa.select(m.c.bucket, m.c.meter_id, m.c.kwh_consumed_ac, m.c.reading_count)
-            .select_from(m.join(map_, sa.and_(map_.c.meter_id == m.c.meter_id, _mapped_at_bucket(map_, m.c.bucket))))
-            .where(map_.c.vehicle_id == vehicle_id)
-        )
-        ac = {r.bucket: (r.meter_id, r.kwh_consumed_ac, r.reading_count) for r in rows}
-
-    v = _vehicle_hours(community, start, end, vehicle_id)
-    dc = {r.bucket: r for r in conn.execute(sa.select(v))}
-
+    rows = conn.execute(_vehicle_hours_with_ac(community, vehicle_id, start, end, probe.meter_ids))
+    by_hour = {r.bucket: r for r in rows}
     hours = []
     for hour in hours_of(start, end):
-        meter_id, ac_consumed, meter_count = ac.get(hour, (None, None, 0))
-        d = dc.get(hour)
+        r = by_hour.get(hour)
+        has_ac = r is not None and r.meter_readings is not None
+        has_dc = r is not None and r.vehicle_readings is not None
         hours.append(
             HourlyEnergy(
                 hour=hour,
-                meter_id=meter_id,
-                ac_consumed=ac_consumed,
-                dc_delivered=d.kwh_delivered_dc if d else None,
-                meter_readings=meter_count,
-                vehicle_readings=d.reading_count if d else 0,
-                battery_temp_min=d.battery_temp_min if d else None,
-                battery_temp_max=d.battery_temp_max if d else None,
-                battery_temp_avg=float(d.battery_temp_avg) if d else None,
+                meter_id=r.meter_id if has_ac else None,
+                ac_consumed=r.kwh_consumed_ac if has_ac else None,
+                dc_delivered=r.kwh_delivered_dc if has_dc else None,
+                meter_readings=r.meter_readings if has_ac else 0,
+                vehicle_readings=r.vehicle_readings if has_dc else 0,
+                battery_temp_min=r.battery_temp_min if has_dc else None,
+                battery_temp_max=r.battery_temp_max if has_dc else None,
+                battery_temp_avg=float(r.battery_temp_avg) if has_dc else None,
             )
         )
 

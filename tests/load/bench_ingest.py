@@ -47,8 +47,8 @@ Investigation knobs: --gunicorn-args (GUNICORN_CMD_ARGS, e.g. '--keep-alive 5'),
 gunicorn configuration file, to measure a proposed change without editing docker/gunicorn.conf.py; the access
 log, for one, cannot be switched off from GUNICORN_CMD_ARGS, but a file holding
 `exec(open("docker/gunicorn.conf.py").read())` and `accesslog = None` does it),
---pg-setting name=value (server settings; pytest-postgresql starts the server with -F, i.e. fsync=off, as the
-test suite's cluster: --pg-setting fsync=on measures with fsync), --skip-direct, --workloads.
+--pg-setting name=value (server settings; fsync is on unless --pg-setting fsync=off, see
+tests/load/native_cluster.py), --skip-direct, --workloads.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ directory owned by the `postgres` system user driven through tests/pg_ctl_as_pos
 database, migrates it to head with Alembic, and yields its SQLAlchemy URL. On the way out, normal or not
 (exception, Ctrl-C), the cluster is stopped and its directory removed.
 
-Like the test suite's cluster, the server runs with fsync off: pytest-postgresql always starts it with `-F`.
-`settings={"fsync": "on"}` comes later on the command line and turns it back on.
+Durable by default: pytest-postgresql always starts the server with `-F` (fsync off, what the test suite's
+cluster wants), and BASE_SETTINGS' `fsync=on` comes later on the command line and turns it back on, so every figure
+that claims stored readings is measured as production runs. `settings={"fsync": "off"}` measures without.
 
     with native_cluster("fleet_bench", settings={"shared_buffers": "1GB"}) as url:
         engine = db.make_engine(url)
@@ -41,6 +42,7 @@ PG_CTL_AS_POSTGRES = Path(__file__).resolve().parent.parent / "pg_ctl_as_postgre
 #: What every cluster gets; `settings` add to these or override them.
 BASE_SETTINGS: Mapping[str, str] = {
     "shared_preload_libraries": "timescaledb",
+    "fsync": "on",
     "timescaledb.telemetry_level": "off",
 }
 PROVISION_HINT = (
