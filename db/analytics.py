@@ -18,6 +18,7 @@ Windows are [start, end) and the callers pass whole hours: an hourly sum cannot 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -122,12 +123,21 @@ def hours_of(start: datetime, end: datetime) -> list[datetime]:
 
 # --- the hourly sources, per edition ------------------------------------------------------------------------
 
+#: A window bound: a value, or a bind parameter of a statement built once and run with its values.
+_When = datetime | sa.BindParameter
+_START = sa.bindparam("start", type_=sa.DateTime(timezone=True))
+_END = sa.bindparam("end", type_=sa.DateTime(timezone=True))
+_VEHICLE_ID = sa.bindparam("vehicle_id", type_=sa.Text)
+_METER_IDS = sa.bindparam("meter_ids", type_=sa.ARRAY(sa.Text))
+
 
 def _bucket(column: sa.ColumnElement) -> sa.ColumnElement:
     return sa.func.time_bucket(sa.literal_column("INTERVAL '1 hour'"), column)
 
 
-def _meter_hours(community: bool, start: datetime, end: datetime, meter_ids: Sequence[str] | None) -> sa.Subquery:
+def _meter_hours(
+    community: bool, start: _When, end: _When, meter_ids: Sequence[str] | sa.BindParameter | None
+) -> sa.Subquery:
     """meter_id, bucket, kwh_consumed_ac, reading_count per meter and hour of [start, end)."""
     if community:
         m = meter_readings_1h
@@ -150,11 +160,14 @@ def _meter_hours(community: bool, start: datetime, end: datetime, meter_ids: Seq
         )
         id_column = r.c.meter_id
     if meter_ids is not None:
-        q = q.where(id_column == sa.any_(sa.bindparam("meter_ids", list(meter_ids), type_=sa.ARRAY(sa.Text))))
+        ids = meter_ids
+        if not isinstance(ids, sa.BindParameter):
+            ids = sa.bindparam("meter_ids", list(ids), type_=sa.ARRAY(sa.Text))
+        q = q.where(id_column == sa.any_(ids))
     return q.subquery("meter_hours")
 
 
-def _vehicle_hours(community: bool, start: datetime, end: datetime, vehicle_id: str | None) -> sa.Subquery:
+def _vehicle_hours(community: bool, start: _When, end: _When, vehicle_id: str | sa.BindParameter | None) -> sa.Subquery:
     """vehicle_id, bucket, kwh_delivered_dc, reading_count, battery_temp_min/max/avg per vehicle and hour."""
     if community:
         v = vehicle_readings_1h
@@ -216,14 +229,16 @@ _VEHICLE_PROBE = sa.text(
 )
 
 
-def _vehicle_hours_with_ac(
-    community: bool, vehicle_id: str, start: datetime, end: datetime, meter_ids: Sequence[str]
-) -> sa.Select:
-    """One row per hour of [start, end) in which the vehicle or the meter mapped to it at the hour's start reported:
-    bucket, meter_id, kwh_consumed_ac, meter_readings (NULLs: no AC that hour), kwh_delivered_dc, vehicle_readings,
-    battery_temp_min/max/avg (NULLs: no DC that hour). One statement: each side has at most one row per hour (the
-    mapping's validity ranges cannot overlap), joined FULL on the hour."""
-    v = _vehicle_hours(community, start, end, vehicle_id)
+@functools.cache
+def _vehicle_hours_with_ac(community: bool, with_ac: bool) -> sa.Select:
+    """One row per hour of [:start, :end) in which vehicle :vehicle_id or the meter mapped to it at the hour's start
+    (among :meter_ids) reported: bucket, meter_id, kwh_consumed_ac, meter_readings (NULLs: no AC that hour),
+    kwh_delivered_dc, vehicle_readings, battery_temp_min/max/avg (NULLs: no DC that hour). One statement: each side
+    has at most one row per hour (the mapping's validity ranges cannot overlap), joined FULL on the hour.
+
+    Built once per edition and shape, then run with bind parameters: building it took about a fifth of the
+    request's CPU (cProfile, 24 h analytics through the app)."""
+    v = _vehicle_hours(community, _START, _END, _VEHICLE_ID)
     dc_columns = (
         v.c.kwh_delivered_dc,
         v.c.reading_count.label("vehicle_readings"),
@@ -231,15 +246,15 @@ def _vehicle_hours_with_ac(
         v.c.battery_temp_max,
         v.c.battery_temp_avg,
     )
-    if not meter_ids:  # never mapped in the window: no AC side to read
+    if not with_ac:  # never mapped in the window: no AC side to read
         no_ac = (sa.null().label("meter_id"), sa.null().label("kwh_consumed_ac"), sa.null().label("meter_readings"))
         return sa.select(v.c.bucket, *no_ac, *dc_columns)
     map_ = vehicle_meter_mapping
-    m = _meter_hours(community, start, end, meter_ids)
+    m = _meter_hours(community, _START, _END, _METER_IDS)
     ac = (
         sa.select(m.c.bucket, m.c.meter_id, m.c.kwh_consumed_ac, m.c.reading_count.label("meter_readings"))
         .select_from(m.join(map_, sa.and_(map_.c.meter_id == m.c.meter_id, _mapped_at_bucket(map_, m.c.bucket))))
-        .where(map_.c.vehicle_id == vehicle_id)
+        .where(map_.c.vehicle_id == _VEHICLE_ID)
         .subquery("ac")
     )
     return sa.select(
@@ -267,7 +282,8 @@ def vehicle_performance(
         raise NotFound(f"vehicle {vehicle_id!r} not found")
     community = probe.community if community is None else community
 
-    rows = conn.execute(_vehicle_hours_with_ac(community, vehicle_id, start, end, probe.meter_ids))
+    params = {"vehicle_id": vehicle_id, "start": start, "end": end, "meter_ids": probe.meter_ids}
+    rows = conn.execute(_vehicle_hours_with_ac(community, bool(probe.meter_ids)), params)
     by_hour = {r.bucket: r for r in rows}
     hours = []
     for hour in hours_of(start, end):
