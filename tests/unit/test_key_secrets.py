@@ -29,13 +29,15 @@ class _StubConnection:
         self.row = row
         self.statements: list[Any] = []
 
-    def execute(self, statement: Any, *args: Any) -> Any:
-        self.statements.append(statement)
+    def execute(self, statement: Any, parameters: dict[str, Any] | None = None, *args: Any) -> Any:
+        self.statements.append((statement, parameters or {}))
         return SimpleNamespace(one=lambda: self.row, one_or_none=lambda: self.row)
 
     def params(self) -> dict[str, Any]:
-        compiled = self.statements[-1].compile(dialect=postgresql.dialect())
-        return dict(compiled.params)
+        """The bound values of the last statement: those built into it and those passed with it."""
+        statement, parameters = self.statements[-1]
+        compiled = statement.compile(dialect=postgresql.dialect())
+        return {**compiled.params, **parameters}
 
 
 def _row(key_hash: str = "", **overrides: Any) -> SimpleNamespace:
