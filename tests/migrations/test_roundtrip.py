@@ -25,6 +25,8 @@ def migration_engine(engine_kind: str, request: pytest.FixtureRequest) -> Iterat
         dbname = "fleet_migrations"
         with DatabaseJanitor(user=proc.user, host=proc.host, port=proc.port, dbname=dbname):
             eng = make_test_engine(engine_kind, native_url(proc, dbname))
+            if is_community(engine_kind):
+                _stop_timescaledb_scheduler(eng)
             yield eng
             eng.dispose()
         return
@@ -33,6 +35,17 @@ def migration_engine(engine_kind: str, request: pytest.FixtureRequest) -> Iterat
     yield eng
     upgrade(eng, "head")
     truncate_all(eng)
+
+
+def _stop_timescaledb_scheduler(eng: Engine) -> None:
+    """No TimescaleDB job runs in this database while the tests migrate it. The policies a migration registers
+    start at once, and a refresh job running while a downgrade dropped its continuous aggregate failed the DROP
+    with "tuple concurrently deleted" (a catalog race between the job's worker and the DROP). These tests are about
+    migrations; test_policy_runs.py is about the jobs."""
+    with eng.connect() as conn:
+        conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS timescaledb"))
+        conn.execute(sa.text("SELECT _timescaledb_functions.stop_background_workers()"))
+        conn.commit()
 
 
 def _relations(eng: Engine) -> set[str]:
