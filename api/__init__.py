@@ -6,7 +6,20 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 
 import db
-from api import alerts, analytics, auth, devices, docs, ingest, logging_setup, mappings, metrics, ops, problems
+from api import (
+    admission,
+    alerts,
+    analytics,
+    auth,
+    devices,
+    docs,
+    ingest,
+    logging_setup,
+    mappings,
+    metrics,
+    ops,
+    problems,
+)
 from api.config import Settings
 from api.problems import ProblemApi
 
@@ -47,6 +60,7 @@ def create_app(
     app.extensions["fleet.db_read"] = read_engine or app.extensions["fleet.db"]
     docs.configure(app)
     logging_setup.init_app(app)  # X-Request-ID on every request, response and log line
+    admission.init_app(app, settings)  # shed what queued too long, before any other work (limiter, key lookup)
     problems.init_app(app)
     api = ProblemApi(app)
     # Never rate limited: /health, /ready (no key) and /metrics (a key only if FLEET_METRICS asks for one).

@@ -197,6 +197,16 @@ FLEET_RATE_LIMIT = EnvVar("FLEET_RATE_LIMIT", _rate_limit, "6000/minute")
 #: Where rate-limit counters live. memory:// counts per process (each gunicorn worker has its own budget);
 #: redis://host:6379 shares the counters between workers and hosts (needs the `redis` package installed).
 FLEET_RATE_LIMIT_STORAGE_URI = EnvVar("FLEET_RATE_LIMIT_STORAGE_URI", _rate_limit_storage, "memory://")
+#: Admission control (gunicorn, api/admission.py): milliseconds an ingest request may wait for a worker thread;
+#: one that waited longer is answered 503 with Retry-After at once, before any work, so that an overload is shed
+#: fast instead of queueing past every client's timeout. 0: no bound.
+FLEET_INGEST_MAX_QUEUE_MS = EnvVar("FLEET_INGEST_MAX_QUEUE_MS", _positive_int, 1000)
+#: Admission control: the same bound for every other request but /health, /ready and /metrics (never shed).
+#: Longer than ingest's, so that dashboards keep being served while ingest is shed. 0: no bound.
+FLEET_READ_MAX_QUEUE_MS = EnvVar("FLEET_READ_MAX_QUEUE_MS", _positive_int, 5000)
+#: Admission control: a shed request's Retry-After is a whole number of seconds drawn at random from
+#: [this, 3 x this], so that the devices told to come back do not all come back at once.
+FLEET_SHED_RETRY_AFTER_S = EnvVar("FLEET_SHED_RETRY_AFTER_S", _at_least_one, 5)
 #: Most readings one ingest request may carry (a batch from a gateway or a backfill).
 FLEET_MAX_BATCH = EnvVar("FLEET_MAX_BATCH", _positive_int, 1000)
 #: Largest ingest request body, bytes; larger bodies get 413 before they are parsed.
@@ -272,6 +282,9 @@ class Settings:
     key_cache_seconds: float
     rate_limit: str | None  # None: rate limiting off
     rate_limit_storage_uri: str
+    ingest_max_queue_ms: int  # 0: no bound
+    read_max_queue_ms: int  # 0: no bound
+    shed_retry_after_s: int
     efficiency_alert_threshold: float
     alert_window_hours: int
     correlation_window_hours: int
@@ -314,6 +327,9 @@ class Settings:
             key_cache_seconds=_required(FLEET_KEY_CACHE_SECONDS, env),
             rate_limit=FLEET_RATE_LIMIT.read(env),
             rate_limit_storage_uri=_required(FLEET_RATE_LIMIT_STORAGE_URI, env),
+            ingest_max_queue_ms=_required(FLEET_INGEST_MAX_QUEUE_MS, env),
+            read_max_queue_ms=_required(FLEET_READ_MAX_QUEUE_MS, env),
+            shed_retry_after_s=_required(FLEET_SHED_RETRY_AFTER_S, env),
             efficiency_alert_threshold=_required(FLEET_EFFICIENCY_ALERT_THRESHOLD, env),
             alert_window_hours=_required(FLEET_ALERT_WINDOW_HOURS, env),
             correlation_window_hours=_required(FLEET_CORRELATION_WINDOW_HOURS, env),

@@ -119,6 +119,17 @@ REQUEST_DURATION = Histogram(
     ["endpoint", "method", "status_class"],
     buckets=_LATENCY_BUCKETS,
 )
+REQUESTS_SHED = Counter(
+    "fleet_requests_shed_total",
+    "Requests answered 503 at once because they waited for a worker past their class's bound (api/admission.py).",
+    ["request_class"],
+)
+REQUEST_QUEUE_TIME = Histogram(
+    "fleet_request_queue_seconds",
+    "Time a request waited for a worker thread (gunicorn), by request class (ingest, read, ops).",
+    ["request_class"],
+    buckets=_LATENCY_BUCKETS,
+)
 # livesum: the sum over live worker processes (a dead worker's value is dropped by mark_worker_dead).
 DB_POOL_IN_USE = Gauge(
     "fleet_db_pool_connections_in_use",
@@ -150,6 +161,16 @@ def record_ingest(device_type: str, *, stored: int, duplicates: int) -> None:
     """Count one committed ingest of `device_type` readings."""
     READINGS_STORED.labels(device_type).inc(stored)
     READINGS_DUPLICATES.labels(device_type).inc(duplicates)
+
+
+def observe_queue_time(request_class: str, seconds: float) -> None:
+    """How long one request of `request_class` waited for a worker thread."""
+    REQUEST_QUEUE_TIME.labels(request_class).observe(seconds)
+
+
+def record_shed(request_class: str) -> None:
+    """Count one request shed by admission control."""
+    REQUESTS_SHED.labels(request_class).inc()
 
 
 # --- gunicorn master side (docker/gunicorn.conf.py) ---------------------------------------------------------

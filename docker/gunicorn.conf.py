@@ -32,7 +32,9 @@ bind = os.environ.get("FLEET_BIND", "127.0.0.1:8000")
 # 2 x 4 (tests/load/bench_ingest.py): ingest is CPU-bound Python, and each worker is one GIL.
 workers = int(os.environ.get("FLEET_WORKERS", "4"))
 threads = int(os.environ.get("FLEET_THREADS", "2"))
-worker_class = "gthread"
+# gthread, noting when each request waits for a thread: one that waited past its bound is answered 503 with
+# Retry-After at once (admission control, api/admission.py; FLEET_INGEST_MAX_QUEUE_MS, FLEET_READ_MAX_QUEUE_MS).
+worker_class = "api.admission.QueueTimedThreadWorker"
 # Recycle workers now and then so a slow leak cannot grow without bound; jitter avoids all restarting at once.
 # A full fleet sends ~333 requests/s: 100,000 per worker is a restart of each about every 20 minutes (4 workers);
 # at 20,000 one of them restarted every minute, and each restart costs a worker's warm pool and caches.
