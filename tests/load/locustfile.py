@@ -73,6 +73,11 @@ P99_LIMITS_MS = {
 #: Share of the offered ingest rate the steady phase must reach.
 MIN_RATE_SHARE = 0.95
 RATE_BUCKET_SECONDS = 10
+#: A device told to come back (429, or 503 with Retry-After: shed by admission control, database unavailable)
+#: retries the same reading after Retry-After x a random factor in [1, 1.5) (no header: exponential back-off from
+#: 1 s), never waiting longer than this, and gives up after RETRY_ATTEMPTS tries (a failure).
+RETRY_WAIT_CAP_SECONDS = 60.0
+RETRY_ATTEMPTS = 8
 
 
 def meter_id(i: int) -> str:
@@ -95,6 +100,7 @@ class _Tally:
         self.stored = 0
         self.duplicates = 0
         self.ingest_ok = 0
+        self.retries = 0  # 429/503 answers the device waited out and retried
         self.per_bucket: Counter[int] = Counter()
         self.first_send: float | None = None
         self.last_send: float | None = None
@@ -179,24 +185,44 @@ class Device(FastHttpUser):
     @task
     def report(self) -> None:
         self._task_started = time.monotonic()
+        reading = _device_reading(self.kind, self.number, self.rng)  # a retry sends the same reading
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            wait = self._send(reading, last_attempt=attempt == RETRY_ATTEMPTS)
+            if wait is None:
+                return
+            TALLY.retries += 1
+            gevent.sleep(
+                min(RETRY_WAIT_CAP_SECONDS, wait * self.rng.uniform(1.0, 1.5) if wait else 2.0 ** (attempt - 1))
+            )
+
+    def _send(self, reading: dict[str, Any], *, last_attempt: bool) -> float | None:
+        """POST one reading; the seconds to wait before retrying it (0: no Retry-After), or None when done."""
         started = time.time()
         with self.client.post(
             "/v1/telemetry/ingest",
-            json=_device_reading(self.kind, self.number, self.rng),
+            json=reading,
             headers=self.headers,
             name=f"ingest {self.kind}",
             catch_response=True,
         ) as resp:
+            if resp.status_code in (429, 503) and not last_attempt:
+                # Told to come back: an answer, not an error of the platform's (it is counted in TALLY.retries).
+                resp.success()
+                try:
+                    return max(0.0, float(resp.headers.get("Retry-After") or 0))
+                except ValueError:
+                    return 0.0
             if resp.status_code != 200:
                 resp.failure(_failure(resp))
-                return
+                return None
             try:
                 doc = json.loads(resp.content)
             except (TypeError, ValueError):
                 resp.failure("HTTP 200 without a JSON body")
-                return
+                return None
             resp.success()
             TALLY.ingest_answer(started, resp.request_meta["response_time"] or 0.0, doc)
+            return None
 
 
 class Dashboard(FastHttpUser):
@@ -316,6 +342,7 @@ def verdict(environment: Environment, **_kwargs: object) -> None:
         "ingest_ok": TALLY.ingest_ok,
         "stored": TALLY.stored,
         "duplicates": TALLY.duplicates,
+        "retries": TALLY.retries,
         "per_name": per_name,
         "rate_per_10s": {str(b * RATE_BUCKET_SECONDS): n for b, n in sorted(TALLY.per_bucket.items())},
         "p99_limits_ms": P99_LIMITS_MS,
