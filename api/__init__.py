@@ -60,7 +60,8 @@ def create_app(
     app.extensions["fleet.db_read"] = read_engine or app.extensions["fleet.db"]
     docs.configure(app)
     logging_setup.init_app(app)  # X-Request-ID on every request, response and log line
-    admission.init_app(app, settings)  # shed what queued too long, before any other work (limiter, key lookup)
+    # Shed what queued too long, before any other work (limiter, key lookup); never /health, /ready, /metrics.
+    admission.init_app(app, settings, ingest=ingest.blp, never_shed=(ops.blp, metrics.blp))
     problems.init_app(app)
     api = ProblemApi(app)
     # Never rate limited: /health, /ready (no key) and /metrics (a key only if FLEET_METRICS asks for one).

@@ -25,20 +25,20 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, request
+from flask_smorest import Blueprint, abort
 from gunicorn.workers.gthread import ThreadWorker
 
 from api import metrics
 from api.config import Settings
-from api.problems import PROBLEM_JSON
 
 #: The time the worker thread serving the current request took it from gunicorn's queue (time.monotonic()).
 _handed_over = threading.local()
-#: Request classes and the paths that are never shed.
+#: Request classes.
 INGEST, READ, OPS = "ingest", "read", "ops"
-_NEVER_SHED = frozenset({"/health", "/ready", "/metrics"})
 
 
 class QueueTimedThreadWorker(ThreadWorker):
@@ -56,14 +56,10 @@ class QueueTimedThreadWorker(ThreadWorker):
             _handed_over.queued_at = None
 
 
-def request_class(path: str) -> str:
-    if path in _NEVER_SHED:
-        return OPS
-    return INGEST if path.startswith("/v1/telemetry/") else READ
-
-
-def init_app(app: Flask, settings: Settings) -> None:
-    """Shed requests that queued past their bound, before any other work is done for them."""
+def init_app(app: Flask, settings: Settings, *, ingest: Blueprint, never_shed: Iterable[Blueprint]) -> None:
+    """Shed requests that queued past their bound, before any other work is done for them. Requests of `ingest`
+    have the ingest bound, those of `never_shed` none, all others the read bound."""
+    classes = {ingest.name: INGEST, **{blp.name: OPS for blp in never_shed}}
     bounds_s = {
         INGEST: settings.ingest_max_queue_ms / 1000,
         READ: settings.read_max_queue_ms / 1000,
@@ -71,31 +67,25 @@ def init_app(app: Flask, settings: Settings) -> None:
     }
     retry_after = (settings.shed_retry_after_s, 3 * settings.shed_retry_after_s)
 
-    def _admit() -> Response | None:
+    def _admit() -> None:
         queued_at = getattr(_handed_over, "queued_at", None)
         if queued_at is None:
-            return None  # not served by QueueTimedThreadWorker
-        kind = request_class(request.path)
+            return  # not served by QueueTimedThreadWorker
+        kind = classes.get(request.blueprint or "", READ)
         waited = time.monotonic() - queued_at
         metrics.observe_queue_time(kind, waited)
         bound = bounds_s[kind]
         if not bound or waited <= bound:
-            return None
+            return
         metrics.record_shed(kind)
-        response = app.json.response(
-            {
-                "type": "about:blank",
-                "title": "Service Unavailable",
-                "status": 503,
-                "detail": f"overloaded: this request waited {waited * 1000:.0f} ms for a worker (bound"
-                f" {bound * 1000:.0f} ms); nothing was done, retry after Retry-After seconds (a retried reading is"
-                " stored once)",
-            }
+        # A problem document like every other error (api/problems.py).
+        abort(
+            503,
+            message=f"overloaded: this request waited {waited * 1000:.0f} ms for a worker (bound"
+            f" {bound * 1000:.0f} ms); nothing was done, retry after Retry-After seconds (a retried reading is"
+            " stored once)",
+            headers={"Retry-After": str(random.randint(*retry_after))},
         )
-        response.status_code = 503
-        response.mimetype = PROBLEM_JSON
-        response.headers["Retry-After"] = str(random.randint(*retry_after))
-        return response
 
     # create_app calls this right after logging_setup (the shed answer carries the request id) and before the
     # limiter and the key lookup register theirs.

@@ -19,7 +19,6 @@ Windows are [start, end) and the callers pass whole hours: an hourly sum cannot 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -135,9 +134,7 @@ def _bucket(column: sa.ColumnElement) -> sa.ColumnElement:
     return sa.func.time_bucket(sa.literal_column("INTERVAL '1 hour'"), column)
 
 
-def _meter_hours(
-    community: bool, start: _When, end: _When, meter_ids: Sequence[str] | sa.BindParameter | None
-) -> sa.Subquery:
+def _meter_hours(community: bool, start: _When, end: _When, meter_ids: sa.BindParameter | None) -> sa.Subquery:
     """meter_id, bucket, kwh_consumed_ac, reading_count per meter and hour of [start, end)."""
     if community:
         m = meter_readings_1h
@@ -160,14 +157,11 @@ def _meter_hours(
         )
         id_column = r.c.meter_id
     if meter_ids is not None:
-        ids = meter_ids
-        if not isinstance(ids, sa.BindParameter):
-            ids = sa.bindparam("meter_ids", list(ids), type_=sa.ARRAY(sa.Text))
-        q = q.where(id_column == sa.any_(ids))
+        q = q.where(id_column == sa.any_(meter_ids))
     return q.subquery("meter_hours")
 
 
-def _vehicle_hours(community: bool, start: _When, end: _When, vehicle_id: str | sa.BindParameter | None) -> sa.Subquery:
+def _vehicle_hours(community: bool, start: _When, end: _When, vehicle_id: sa.BindParameter | None) -> sa.Subquery:
     """vehicle_id, bucket, kwh_delivered_dc, reading_count, battery_temp_min/max/avg per vehicle and hour."""
     if community:
         v = vehicle_readings_1h

@@ -135,8 +135,6 @@ BENCH_SETTINGS: dict[str, str] = {
     "random_page_cost": "1.1",
     "effective_io_concurrency": "256",
     "max_connections": "100",
-    # As production runs: pytest-postgresql starts the server with -F (fsync off); this turns it back on.
-    "fsync": "on",
 }
 
 
