@@ -60,8 +60,6 @@ def create_app(
     app.extensions["fleet.db_read"] = read_engine or app.extensions["fleet.db"]
     docs.configure(app)
     logging_setup.init_app(app)  # X-Request-ID on every request, response and log line
-    # Shed what queued too long, before any other work (limiter, key lookup); never /health, /ready, /metrics.
-    admission.init_app(app, settings, ingest=ingest.blp, never_shed=(ops.blp, metrics.blp))
     problems.init_app(app)
     api = ProblemApi(app)
     # Never rate limited: /health, /ready (no key) and /metrics (a key only if FLEET_METRICS asks for one).
@@ -70,4 +68,7 @@ def create_app(
         api.register_blueprint(blp)
     ingest.register_schemas(api.spec)
     metrics.init_app(app, api, settings)  # request timing, rejections, pool gauges; GET /metrics
+    # Shed what queued too long, in WSGI middleware before Flask does any work; never /health, /ready, /metrics.
+    # Last: it reads the routes of those blueprints from the URL map.
+    admission.init_app(app, settings, ingest=ingest.blp, never_shed=(ops.blp, metrics.blp))
     return app

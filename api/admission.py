@@ -5,88 +5,380 @@ worker) and the kernel's backlog. Offered more than it can serve, the queue grew
 than any client would. Clients timed out on readings that were then stored anyway, and dashboards waited behind
 ingest (issue 14: status p99 31 s in the locust steady fleet).
 
-How: `QueueTimedThreadWorker` (gunicorn's gthread worker) notes when it hands a request to its thread pool. The
-first thing the app does with a request (`_admit`, before the rate limiter, the key lookup and the body) is to
-compare the time since then with the bound of the request's class:
-- ingest (`/v1/telemetry/...`): FLEET_INGEST_MAX_QUEUE_MS (1 s);
-- every other request: FLEET_READ_MAX_QUEUE_MS (5 s), so reads are served while ingest is being shed;
+How: `QueueTimedThreadWorker` (gunicorn's gthread worker) keeps two queues for its threads, reads first: a free
+thread takes the oldest read (status, listings, analytics, /health, /ready, /metrics) before any ingest, so
+dashboards do not wait behind readings. It notes when each request was queued and counts those waiting. The first
+thing done with a request (`AdmissionMiddleware`, WSGI middleware around Flask: before Flask, the rate limiter,
+the key lookup and the body) is to compare the time it waited with the bound of its class:
+- ingest (`/v1/telemetry/...`): FLEET_INGEST_MAX_QUEUE_MS (1 s), enough to absorb a burst; but once no request
+  has got a thread within FLEET_INGEST_TARGET_QUEUE_MS (250 ms) for that long (a standing queue: more is offered
+  than the worker serves), only 250 ms, until the queue drains (`ThreadQueue`): controlled delay, as in CoDel
+  and Facebook's "Fail at Scale" (2015), a long bound while the queue drains, a short one while it stands;
+- every other request: FLEET_READ_MAX_QUEUE_MS (5 s);
 - /health, /ready and /metrics: never shed.
 A request past its bound gets a 503 problem document with Retry-After, a random whole number of seconds in
-[FLEET_SHED_RETRY_AFTER_S, 3 x FLEET_SHED_RETRY_AFTER_S], so that the retries spread out. Nothing was read or
-written for it: a device retries the reading, which is stored once. A shed answer costs the HTTP parsing and
-Flask's dispatch only, so the queue drains quickly.
+[base, 3 x base], so that the retries spread out; base starts at FLEET_SHED_RETRY_AFTER_S and grows while the
+worker keeps shedding, up to FLEET_SHED_RETRY_AFTER_MAX_S (`RetryAfter`). Nothing was read or written for it: a
+device retries the reading, which is stored once. A shed answer costs gunicorn's HTTP parsing and the middleware
+only (about a third of a stored reading's CPU), so the queue drains quickly.
 
-Counted at /metrics: `fleet_requests_shed_total{request_class}` and `fleet_request_queue_seconds{request_class}`.
-Under another server (the Flask test client, another WSGI server) no time is noted and nothing is shed.
+The queue is bounded in time by the above and in length by gunicorn's `worker_connections` per worker and the
+listen `backlog` (docker/gunicorn.conf.py): a queue held near 250 ms holds about 0.25 s x the worker's rate.
+
+Counted at /metrics: `fleet_requests_shed_total{request_class}`, `fleet_request_queue_seconds{request_class}` and
+`fleet_requests_queued` (waiting for a thread, summed over the workers). A shed request never reaches Flask, so
+the per-endpoint request metrics do not count it. `/ready` reports the answering worker's
+state (`overload()`). Under another server (the Flask test client, another WSGI server) no time is noted and
+nothing is shed.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import random
+import socket
 import threading
 import time
+import uuid
+from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, request
-from flask_smorest import Blueprint, abort
+from flask import Flask
+from flask_smorest import Blueprint
 from gunicorn.workers.gthread import ThreadWorker
 
-from api import metrics
+from api import logging_setup, metrics, problems
 from api.config import Settings
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+logger = logging.getLogger(__name__)
 
 #: The time the worker thread serving the current request took it from gunicorn's queue (time.monotonic()).
 _handed_over = threading.local()
 #: Request classes.
 INGEST, READ, OPS = "ingest", "read", "ops"
+#: /ready reports "shedding" while this worker shed a request this recently (seconds).
+SHEDDING_REPORT_S = 10.0
+
+
+class ThreadQueue:
+    """This worker's queue for threads: how many requests wait in it, whether it stands, and the last request
+    shed. One per process (gunicorn forks its workers); updated from the worker's threads.
+
+    Standing: no request has waited `target` or less for `interval` (the queue did not drain to the target in
+    that time: more is offered than the worker serves). It stops standing when a request waited less than a
+    quarter of the target, or the queue is empty. Without that hysteresis the bound would swing: the short bound
+    drains the queue to the target, the next request is within it, the long bound returns, and the queue builds
+    for another `interval`. A client keeping every thread busy without overloading them (32 connections on 8
+    threads: waits of tens of ms) does not keep it standing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.waiting = 0
+        self.standing = False
+        self.standing_since = 0.0  # the last wait within the target before it stood
+        self.last_within_target = time.monotonic()
+        self.last_shed: float | None = None
+        self.shed = 0
+
+    def queued(self) -> None:
+        with self._lock:
+            self.waiting += 1
+
+    def taken(self, now: float) -> int:
+        """A thread took a request: the number still waiting behind it."""
+        with self._lock:
+            self.waiting -= 1
+            if self.waiting <= 0:  # empty: whatever stood has drained
+                self.waiting, self.standing, self.last_within_target = 0, False, now
+            return self.waiting
+
+    def note_wait(self, now: float, waited: float, target: float, interval: float) -> bool:
+        """Note that a request waited `waited` seconds; whether the queue stands now."""
+        if waited <= target:
+            self.last_within_target = now
+        if self.standing:
+            if waited < target / 4:
+                self.standing = False
+        elif now - self.last_within_target > interval:
+            self.standing, self.standing_since = True, self.last_within_target
+        return self.standing
+
+    def standing_for(self, now: float) -> float:
+        """Seconds the queue has stood (0 when it does not)."""
+        return now - self.standing_since if self.standing else 0.0
+
+    def record_shed(self, now: float) -> None:
+        self.last_shed, self.shed = now, self.shed + 1
+
+
+QUEUE = ThreadQueue()
+#: Set by init_app (the settings give its range).
+RETRY_AFTER: RetryAfter | None = None
+
+
+class RetryAfter:
+    """The Retry-After this worker gives a shed request: a random whole number of seconds in [base, 3 x base].
+
+    `base` adapts to how much ingest this worker sheds, judged every WINDOW_S seconds: it doubles (up to a third of
+    `longest`) while more than SHED_SHARE_HIGH of the ingest requests were shed, and halves (down to `shortest`)
+    when fewer than SHED_SHARE_LOW were. Why: a shed device comes back after Retry-After; until then it sends
+    nothing. Under a sustained overload the excess devices must stay away for the overload to end, and the longer
+    they stay away the fewer requests are shed to keep them away: each shed costs CPU the stored readings need
+    (with a fixed 5-15 s, 2 x capacity offered by 4,000 devices was shed about as often as it was served)."""
+
+    WINDOW_S = 2.0
+    SHED_SHARE_HIGH = 0.10
+    SHED_SHARE_LOW = 0.02
+
+    def __init__(self, shortest: int, longest: int) -> None:
+        self._lock = threading.Lock()
+        self.shortest, self.highest_base = shortest, max(shortest, longest // 3)
+        self.base = shortest
+        self.window_start = time.monotonic()
+        self.admitted = self.shed = 0
+
+    def note(self, now: float, *, shed: bool) -> None:
+        """Count one ingest request, admitted or shed; adjust `base` at the end of each window."""
+        with self._lock:
+            if shed:
+                self.shed += 1
+            else:
+                self.admitted += 1
+            if now - self.window_start < self.WINDOW_S:
+                return
+            share = self.shed / (self.shed + self.admitted)
+            if share > self.SHED_SHARE_HIGH:
+                self.base = min(self.highest_base, 2 * self.base)
+            elif share < self.SHED_SHARE_LOW:
+                self.base = max(self.shortest, self.base // 2)
+            self.window_start, self.admitted, self.shed = now, 0, 0
+
+    def seconds(self) -> int:
+        return random.randint(self.base, 3 * self.base)
+
+
+def overload() -> dict[str, Any]:
+    """The answering worker's view for /ready: shedding now, requests waiting for a thread, how long its queue has
+    stood (ms), requests it shed since it started. Only this worker's: each has its own queue."""
+    now = time.monotonic()
+    return {
+        "shedding": QUEUE.last_shed is not None and now - QUEUE.last_shed <= SHEDDING_REPORT_S,
+        "queued": QUEUE.waiting,
+        "queue_standing_ms": round(QUEUE.standing_for(now) * 1000),
+        "shed_by_this_worker": QUEUE.shed,
+        "retry_after_base_s": RETRY_AFTER.base if RETRY_AFTER else None,
+    }
+
+
+class _Finished:
+    """A handled connection's outcome for gthread's finish_request, which takes a future (the future of the task
+    that took the connection carries the connection as well)."""
+
+    def __init__(self, result: Any = None, error: Exception | None = None) -> None:
+        self._result, self._error = result, error
+
+    def cancelled(self) -> bool:
+        return False
+
+    def result(self) -> Any:
+        if self._error is not None:
+            raise self._error  # finish_request closes the connection, as for a failed future
+        return self._result
 
 
 class QueueTimedThreadWorker(ThreadWorker):
-    """gunicorn's gthread worker, noting when each request was queued for a thread (docker/gunicorn.conf.py)."""
+    """gunicorn's gthread worker with two queues for its threads, noting when each request was queued
+    (docker/gunicorn.conf.py).
+
+    Reads first: a connection is queued as ingest when its request line is `POST <an ingest route>` (peeked on the
+    socket: with TCP_DEFER_ACCEPT, and for a kept-alive connection that became readable, it is there; the routes
+    are the app's, from AdmissionMiddleware), as a read otherwise, and a free thread takes the oldest read before
+    any ingest. Under an overload the
+    ingest queue is held at its bound (250 ms to 1 s); status and dashboards no longer wait behind it (with one
+    FIFO queue, status p99 was 770-1,000 ms at 2 x the capacity: reads waited up to a second in the queue)."""
+
+    def init_process(self) -> None:
+        self._lanes_lock = threading.Lock()
+        self._reads: deque[Any] = deque()
+        self._ingest: deque[Any] = deque()
+        self._ingest_lines: tuple[bytes, ...] | None = None  # set at the first request: the app is loaded by then
+        super().init_process()
 
     def enqueue_req(self, conn: Any) -> None:
         conn.fleet_queued_at = time.monotonic()
-        super().enqueue_req(conn)
+        QUEUE.queued()
+        if self._ingest_lines is None:
+            self._ingest_lines = _ingest_request_lines(self.wsgi)
+        (self._ingest if _is_ingest(conn, self._ingest_lines) else self._reads).append(conn)
+        # One task per queued connection: each takes the connection due next, reads first.
+        fs = self.tpool.submit(self._handle_next)
+        fs.add_done_callback(lambda fut: self.method_queue.defer(self._finish_next, fut))
+
+    def _handle_next(self) -> tuple[Any, _Finished]:
+        with self._lanes_lock:  # there are at least as many connections queued as tasks taking one
+            conn = self._reads.popleft() if self._reads else self._ingest.popleft()
+        try:
+            return conn, _Finished(self.handle(conn))
+        except Exception as exc:
+            return conn, _Finished(error=exc)
+
+    def _finish_next(self, fut: Any) -> None:
+        if fut.cancelled():  # the worker is stopping: the pool dropped the task, its connection is still queued
+            with self._lanes_lock:
+                conn = self._reads.popleft() if self._reads else self._ingest.popleft() if self._ingest else None
+            if conn is not None:
+                self.nr_conns -= 1
+                conn.close()
+            return
+        conn, finished = fut.result()
+        self.finish_request(conn, finished)
 
     def handle(self, conn: Any) -> Any:
         _handed_over.queued_at = getattr(conn, "fleet_queued_at", None)
+        _handed_over.behind = QUEUE.taken(time.monotonic())
         try:
             return super().handle(conn)
         finally:
             _handed_over.queued_at = None
 
 
-def init_app(app: Flask, settings: Settings, *, ingest: Blueprint, never_shed: Iterable[Blueprint]) -> None:
-    """Shed requests that queued past their bound, before any other work is done for them. Requests of `ingest`
-    have the ingest bound, those of `never_shed` none, all others the read bound."""
-    classes = {ingest.name: INGEST, **{blp.name: OPS for blp in never_shed}}
-    bounds_s = {
-        INGEST: settings.ingest_max_queue_ms / 1000,
-        READ: settings.read_max_queue_ms / 1000,
-        OPS: 0.0,
-    }
-    retry_after = (settings.shed_retry_after_s, 3 * settings.shed_retry_after_s)
+def _ingest_request_lines(app: Any) -> tuple[bytes, ...]:
+    """How an ingest request line starts (`POST /v1/telemetry/ingest ` and with a query), from the routes the app's
+    AdmissionMiddleware knows; none (one queue for all) when the app has no such middleware."""
+    middleware = getattr(app, "wsgi_app", None)
+    paths = middleware.ingest if isinstance(middleware, AdmissionMiddleware) else frozenset()
+    return tuple(b"POST " + path.encode() + end for path in sorted(paths) for end in (b" ", b"?"))
 
-    def _admit() -> None:
+
+def _is_ingest(conn: Any, request_lines: tuple[bytes, ...]) -> bool:
+    """Whether the request waiting on `conn` is an ingest request (peeked at, left on the socket)."""
+    if not request_lines:
+        return True
+    try:
+        start = conn.sock.recv(max(map(len, request_lines)), socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:  # nothing there yet (or the peer is gone): the ingest queue, gunicorn will find out
+        return True
+    return start.startswith(request_lines)
+
+
+#: A worker logs how many requests it shed at most this often.
+SHED_LOG_INTERVAL_S = 10.0
+_shed_log = {"at": 0.0, "count": 0}
+
+
+def _log_sheds(now: float) -> None:
+    """One warning per SHED_LOG_INTERVAL_S while shedding: how many this worker shed since the last one."""
+    if now - _shed_log["at"] < SHED_LOG_INTERVAL_S:
+        return
+    shed, _shed_log["count"], _shed_log["at"] = QUEUE.shed - _shed_log["count"], QUEUE.shed, now
+    logger.warning(
+        "admission control: shed %d requests since the last report (%d since start); Retry-After %s-%s s",
+        shed,
+        QUEUE.shed,
+        RETRY_AFTER.base if RETRY_AFTER else "?",
+        3 * RETRY_AFTER.base if RETRY_AFTER else "?",
+    )
+
+
+class AdmissionMiddleware:
+    """WSGI middleware around the Flask app: a request that waited past its class's bound is answered 503 here,
+    before Flask builds a request for it. Shedding must cost far less than serving, or an overload spends the
+    CPU it has on refusals: answered from Flask (a before_request hook, the problem handler, the after_request
+    metrics), a shed request cost 1.7 ms of worker CPU against 2.6 ms for a stored reading (wrk, 32 connections,
+    4 x 2 workers), and under twice the capacity the goodput fell to about half of it."""
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        settings: Settings,
+        retry_after: RetryAfter,
+        *,
+        ingest: frozenset[str],
+        never: frozenset[str],
+    ) -> None:
+        self.app = app
+        self.ingest, self.never = ingest, never
+        self.bounds_s = {
+            INGEST: settings.ingest_max_queue_ms / 1000,
+            READ: settings.read_max_queue_ms / 1000,
+            OPS: 0.0,
+        }
+        # While the queue stands (no request within the target for the ingest bound), ingest gets the target.
+        self.standing_after_s = settings.ingest_max_queue_ms / 1000
+        self.ingest_target_s = min(settings.ingest_target_queue_ms, settings.ingest_max_queue_ms) / 1000
+        self.retry_after = retry_after
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         queued_at = getattr(_handed_over, "queued_at", None)
-        if queued_at is None:
-            return  # not served by QueueTimedThreadWorker
-        kind = classes.get(request.blueprint or "", READ)
-        waited = time.monotonic() - queued_at
-        metrics.observe_queue_time(kind, waited)
-        bound = bounds_s[kind]
-        if not bound or waited <= bound:
-            return
+        if queued_at is None:  # not served by QueueTimedThreadWorker
+            return self.app(environ, start_response)
+        path = environ.get("PATH_INFO", "")
+        kind = INGEST if path in self.ingest else OPS if path in self.never else READ
+        now = time.monotonic()
+        waited = now - queued_at
+        metrics.observe_queue_time(kind, waited, queued=getattr(_handed_over, "behind", 0))
+        bound = self.bounds_s[kind]
+        target = self.ingest_target_s
+        if target and QUEUE.note_wait(now, waited, target, self.standing_after_s) and kind == INGEST and bound:
+            bound = target
+        shed = bool(bound) and waited > bound
+        if kind == INGEST:
+            self.retry_after.note(now, shed=shed)
+        if not shed:
+            return self.app(environ, start_response)
+        QUEUE.record_shed(now)
         metrics.record_shed(kind)
-        # A problem document like every other error (api/problems.py).
-        abort(
-            503,
-            message=f"overloaded: this request waited {waited * 1000:.0f} ms for a worker (bound"
-            f" {bound * 1000:.0f} ms); nothing was done, retry after Retry-After seconds (a retried reading is"
-            " stored once)",
-            headers={"Retry-After": str(random.randint(*retry_after))},
+        _log_sheds(now)
+        # No access line per shed request (a quarter of a shed's cost); counted above and summed up in the log.
+        environ[logging_setup.SKIP_ACCESS_LINE] = True
+        incoming = environ.get("HTTP_X_REQUEST_ID")
+        request_id = incoming if logging_setup.valid_request_id(incoming) else uuid.uuid4().hex
+        # The problem document every other error is (api/problems.py), written here without Flask.
+        body = json.dumps(
+            {
+                "type": "about:blank",
+                "title": "Service Unavailable",
+                "status": 503,
+                "detail": f"overloaded: this request waited {waited * 1000:.0f} ms for a worker (bound"
+                f" {bound * 1000:.0f} ms); nothing was done, retry after Retry-After seconds (a retried reading is"
+                " stored once)",
+            }
+        ).encode()
+        start_response(
+            "503 SERVICE UNAVAILABLE",
+            [
+                ("Content-Type", problems.PROBLEM_JSON),
+                ("Content-Length", str(len(body))),
+                ("Retry-After", str(self.retry_after.seconds())),
+                (logging_setup.REQUEST_ID_HEADER, request_id),
+            ],
         )
+        return [body]
 
-    # create_app calls this right after logging_setup (the shed answer carries the request id) and before the
-    # limiter and the key lookup register theirs.
-    app.before_request(_admit)
+
+def init_app(app: Flask, settings: Settings, *, ingest: Blueprint, never_shed: Iterable[Blueprint]) -> None:
+    """Shed requests that queued past their bound, before Flask does any work for them: the routes of `ingest`
+    have the ingest bound, those of `never_shed` none, all others the read bound. Call it once every blueprint is
+    registered: the routes are read from the app's URL map (those two classes have no path parameters)."""
+
+    def paths(blueprints: Iterable[Blueprint]) -> frozenset[str]:
+        names = {blp.name for blp in blueprints}
+        rules = [r for r in app.url_map.iter_rules() if r.endpoint.split(".", 1)[0] in names]
+        if any(r.arguments for r in rules):
+            raise ValueError(f"admission control matches exact paths; these have parameters: {rules}")
+        return frozenset(r.rule for r in rules)
+
+    never = paths(never_shed)
+    ingest_paths = paths([ingest])
+    if not ingest_paths or not never:
+        raise ValueError("admission control: no route for the ingest or the never-shed blueprints")
+    global RETRY_AFTER
+    RETRY_AFTER = RetryAfter(settings.shed_retry_after_s, settings.shed_retry_after_max_s)
+    app.wsgi_app = AdmissionMiddleware(  # type: ignore[method-assign]  # Flask's documented way to add middleware
+        app.wsgi_app, settings, RETRY_AFTER, ingest=ingest_paths, never=never
+    )

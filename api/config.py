@@ -201,12 +201,20 @@ FLEET_RATE_LIMIT_STORAGE_URI = EnvVar("FLEET_RATE_LIMIT_STORAGE_URI", _rate_limi
 #: one that waited longer is answered 503 with Retry-After at once, before any work, so that an overload is shed
 #: fast instead of queueing past every client's timeout. 0: no bound.
 FLEET_INGEST_MAX_QUEUE_MS = EnvVar("FLEET_INGEST_MAX_QUEUE_MS", _positive_int, 1000)
+#: Admission control: the ingest bound while a worker's queue stands, i.e. no request got a thread within this
+#: many milliseconds for FLEET_INGEST_MAX_QUEUE_MS (a sustained overload), until the queue drains again: the
+#: queue, and with it the wait of the reads behind ingest, is then held near this. 0: off (the max bound always).
+FLEET_INGEST_TARGET_QUEUE_MS = EnvVar("FLEET_INGEST_TARGET_QUEUE_MS", _positive_int, 250)
 #: Admission control: the same bound for every other request but /health, /ready and /metrics (never shed).
 #: Longer than ingest's, so that dashboards keep being served while ingest is shed. 0: no bound.
 FLEET_READ_MAX_QUEUE_MS = EnvVar("FLEET_READ_MAX_QUEUE_MS", _positive_int, 5000)
 #: Admission control: a shed request's Retry-After is a whole number of seconds drawn at random from
-#: [this, 3 x this], so that the devices told to come back do not all come back at once.
+#: [base, 3 x base], so that the devices told to come back do not all come back at once. base starts at this and
+#: doubles every 2 s while a worker sheds more than 10 % of its ingest (api/admission.py, RetryAfter).
 FLEET_SHED_RETRY_AFTER_S = EnvVar("FLEET_SHED_RETRY_AFTER_S", _at_least_one, 5)
+#: Admission control: the longest Retry-After sent (base grows to a third of it). Devices must be able to wait
+#: this long: under a sustained overload the excess devices have to stay away for the overload to end.
+FLEET_SHED_RETRY_AFTER_MAX_S = EnvVar("FLEET_SHED_RETRY_AFTER_MAX_S", _at_least_one, 120)
 #: Most readings one ingest request may carry (a batch from a gateway or a backfill).
 FLEET_MAX_BATCH = EnvVar("FLEET_MAX_BATCH", _positive_int, 1000)
 #: Largest ingest request body, bytes; larger bodies get 413 before they are parsed.
@@ -283,8 +291,10 @@ class Settings:
     rate_limit: str | None  # None: rate limiting off
     rate_limit_storage_uri: str
     ingest_max_queue_ms: int  # 0: no bound
+    ingest_target_queue_ms: int
     read_max_queue_ms: int  # 0: no bound
     shed_retry_after_s: int
+    shed_retry_after_max_s: int
     efficiency_alert_threshold: float
     alert_window_hours: int
     correlation_window_hours: int
@@ -328,8 +338,10 @@ class Settings:
             rate_limit=FLEET_RATE_LIMIT.read(env),
             rate_limit_storage_uri=_required(FLEET_RATE_LIMIT_STORAGE_URI, env),
             ingest_max_queue_ms=_required(FLEET_INGEST_MAX_QUEUE_MS, env),
+            ingest_target_queue_ms=_required(FLEET_INGEST_TARGET_QUEUE_MS, env),
             read_max_queue_ms=_required(FLEET_READ_MAX_QUEUE_MS, env),
             shed_retry_after_s=_required(FLEET_SHED_RETRY_AFTER_S, env),
+            shed_retry_after_max_s=_required(FLEET_SHED_RETRY_AFTER_MAX_S, env),
             efficiency_alert_threshold=_required(FLEET_EFFICIENCY_ALERT_THRESHOLD, env),
             alert_window_hours=_required(FLEET_ALERT_WINDOW_HOURS, env),
             correlation_window_hours=_required(FLEET_CORRELATION_WINDOW_HOURS, env),

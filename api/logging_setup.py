@@ -34,6 +34,9 @@ from api.config import Settings
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
+#: A WSGI environ key: when true, GunicornLogger writes no access line for the request (admission control's shed
+#: answers, counted at /metrics and summed up in the log instead).
+SKIP_ACCESS_LINE = "fleet.skip_access_line"
 #: Incoming request ids are kept when they look like an id: 1-64 characters of this set (UUIDs, hex, base64,
 #: ULIDs...). Anything else (spaces, quotes, control characters, long strings) could forge or bloat log lines
 #: and is replaced by a fresh id.
@@ -219,7 +222,7 @@ class GunicornLogger(glogging.Logger):
         return self.cfg.accesslog is not None
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: timedelta) -> None:
-        if not self.access_log_enabled:
+        if not self.access_log_enabled or environ.get(SKIP_ACCESS_LINE):
             return
         # resp.status is "200 OK" (or None when the app never started a response).
         status_text = str(resp.status or "-").split(None, 1)[0]

@@ -131,6 +131,11 @@ REQUEST_QUEUE_TIME = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 # livesum: the sum over live worker processes (a dead worker's value is dropped by mark_worker_dead).
+REQUESTS_QUEUED = Gauge(
+    "fleet_requests_queued",
+    "Requests waiting for a worker thread (gunicorn), as each worker last saw its queue when a thread took a request.",
+    multiprocess_mode="livesum",
+)
 DB_POOL_IN_USE = Gauge(
     "fleet_db_pool_connections_in_use",
     "Database connections checked out of the pool (QueuePool.checkedout()), summed over worker processes.",
@@ -163,9 +168,10 @@ def record_ingest(device_type: str, *, stored: int, duplicates: int) -> None:
     READINGS_DUPLICATES.labels(device_type).inc(duplicates)
 
 
-def observe_queue_time(request_class: str, seconds: float) -> None:
-    """How long one request of `request_class` waited for a worker thread."""
+def observe_queue_time(request_class: str, seconds: float, *, queued: int) -> None:
+    """How long one request of `request_class` waited for a worker thread, and how many still wait behind it."""
     REQUEST_QUEUE_TIME.labels(request_class).observe(seconds)
+    REQUESTS_QUEUED.set(queued)
 
 
 def record_shed(request_class: str) -> None:

@@ -20,7 +20,9 @@ few devices' clocks run seconds fast or slow (`skewed_share`).
 
 Sending (`Simulator`): a few sender threads, each with one keep-alive HTTP connection (http.client); single
 readings, or with `batch` one request per second carrying every reading due (a gateway). Transient failures
-(connection refused, 5xx, 429) are retried with back-off, honouring Retry-After; 4xx answers are not retried.
+(connection refused, 5xx, 429) are retried (`retry_wait`): after Retry-After x a random factor in [1, 1.5) when
+the answer has one, else after a jittered exponential back-off, never longer than RETRY_WAIT_CAP_S; 4xx answers
+are not retried.
 Standard library only, and cheap: the scheduler sleeps until the next device is due.
 """
 
@@ -562,6 +564,7 @@ class Simulator:
         self.config = config
         self.stats = Stats()
         self._progress_out = progress
+        self._jitter = random.Random()  # retry waits (retry_wait); shared by the sender threads
         self._lock = threading.Lock()
         self._stop = threading.Event()  # stop generating; drain what is queued
         self._abort = threading.Event()  # stop sending: give up on queued readings and retries
@@ -717,8 +720,7 @@ class Simulator:
             if attempt == cfg.max_attempts or self._abort.is_set():
                 break
             self._count(request_retries=1)
-            backoff = min(10.0, retry_after if retry_after is not None else 0.5 * 2 ** (attempt - 1))
-            if self._abort.wait(backoff):
+            if self._abort.wait(retry_wait(attempt, retry_after, self._jitter)):
                 break
         self._count(sent=n, failed=n)
 
@@ -817,6 +819,21 @@ def _ingest_result(data: bytes) -> dict[str, int] | None:
         return {"stored": int(result["stored"]), "duplicates": int(result["duplicates"])}
     except (ValueError, TypeError, KeyError):
         return None
+
+
+#: Longest wait before a retry, whatever Retry-After says: the API's longest (FLEET_SHED_RETRY_AFTER_MAX_S, 120 s)
+#: x the jitter factor.
+RETRY_WAIT_CAP_S = 180.0
+
+
+def retry_wait(attempt: int, retry_after: float | None, rng: random.Random) -> float:
+    """Seconds to wait before retry number `attempt` (1-based). With Retry-After: at least that (the server's
+    admission control spreads its values; the factor in [1, 1.5) spreads them further, so that senders told the
+    same value do not come back together); without: a back-off of 0.5 x 2^(attempt-1) s, "full jitter" (a random
+    share of it). Capped at RETRY_WAIT_CAP_S."""
+    if retry_after is not None:
+        return min(RETRY_WAIT_CAP_S, retry_after * rng.uniform(1.0, 1.5))
+    return min(RETRY_WAIT_CAP_S, rng.uniform(0.0, 0.5 * 2 ** (attempt - 1)))
 
 
 def _retry_after(headers: dict[str, str]) -> float | None:

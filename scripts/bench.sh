@@ -4,7 +4,8 @@
 # py-spy), then runs every benchmark of tests/load/ as a subprocess (tests/load/report.py): ingest through the API
 # vs direct SQL; a full fleet day on native Community (aggregates refreshed while the fleet ingests, compression)
 # next to native Apache: status, 24 h / 7 d analytics and the fleet view; the locust steady fleet and burst; the
-# embedded engine at a small scale; history growth over 3 full fleet days with compression on. Raw results go to
+# embedded engine at a small scale; history growth over 3 full fleet days with compression on; the overload
+# (2 x the machine's measured single-reading capacity, with dashboards; issue 14). Raw results go to
 # var/bench/<UTC timestamp>/, the report to docs/BENCHMARKS.md. Loopback only; every cluster, server and load
 # generator it starts is stopped (by PID) and removed, also on Ctrl-C. About 50 minutes on a quiet 2-core machine.
 #   bash scripts/bench.sh            # the full run: writes docs/BENCHMARKS.md

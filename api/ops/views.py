@@ -2,6 +2,7 @@ from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from api import admission
 from api.ops import service
 from api.ops.schemas import HealthSchema, ReadinessSchema
 
@@ -21,6 +22,9 @@ class Ready(MethodView):
     @blp.response(200, ReadinessSchema)
     @blp.alt_response(503, schema=ReadinessSchema, description="Not ready: database down or schema not at head")
     def get(self):
-        """Ready to serve: database reachable, schema at head; reports the TimescaleDB edition."""
+        """Ready to serve: database reachable, schema at head; reports the TimescaleDB edition, and whether this
+        worker is shedding load. An overloaded node stays ready: it still serves what it can, and taking it out of
+        rotation would move its whole load onto its peers."""
         result = service.readiness(current_app.extensions["fleet.db"])
+        result["overload"] = admission.overload()
         return result, (200 if result["ready"] else 503)

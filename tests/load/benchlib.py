@@ -290,13 +290,14 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def log_counts(self) -> dict[str, int]:
-        """Worker boots and timeouts, tracebacks and 5xx access lines found in the server's log so far."""
+        """Worker boots and timeouts, tracebacks, 5xx and (of those) 503 access lines in the server's log so far."""
         text = self.log_path.read_text(errors="replace")
         return {
             "worker_boots": text.count("Booting worker"),
             "worker_timeouts": text.count("WORKER TIMEOUT"),
             "tracebacks": text.count("Traceback"),
             "status_5xx": sum(text.count(f'"status": {code}') for code in range(500, 505)),
+            "status_503": text.count('"status": 503'),
         }
 
     def handler_latency(

@@ -15,6 +15,16 @@ Scenarios (FLEET_LOAD_SCENARIO):
   Dashboard users (FLEET_LOAD_DASHBOARDS of them) read status, 24 h performance and the fleet view meanwhile.
 - `burst`: every device reports exactly once, all within the same FLEET_LOAD_BURST_WINDOW_SECONDS (10) window
   that opens at FLEET_LOAD_BURST_AT (epoch seconds; default FLEET_LOAD_BURST_DELAY_SECONDS, 60, after start).
+- `capacity` (user class `Saturator`): each user sends single readings back to back, for the fleet's devices in
+  turn: the readings per second the server acknowledges when it is kept busy (its single-reading capacity, with
+  this load generator's own cost per request). A 429 or 503 is counted and not retried.
+- `overload`: devices as in `steady`, at a pacing that offers more than the capacity (the runner sets it), with
+  dashboards. Devices make new readings until FLEET_LOAD_OVERLOAD_END (epoch seconds), then only finish the
+  ones they hold: a device keeps its reading and re-sends it when told to come back, up to
+  FLEET_LOAD_RETRY_ATTEMPTS tries, as a real device buffers what it has not delivered. The statistics are reset
+  one pacing period after the last device spawned: the percentiles and the checks are those of the overload
+  phase (and the drain after it); the start-up's own (spawning, every device's first reading, Retry-After not
+  yet adapted) go to the summary as `startup`, and its failures count in the zero-errors check.
 
 Devices open a new connection for each reading (`Connection: close`): a device reporting once a minute does
 not hold a TCP connection open (gunicorn closes idle ones after 2 s), and one socket per report keeps the
@@ -28,9 +38,11 @@ The run ends with a verdict (exit code 0 PASS, 1 FAIL): zero failed requests; ea
 p99 limit; steady: the ingest rate over the steady phase (after spawning and one pacing period) at least 95 %
 of what the devices offer (users / pacing), for at least FLEET_LOAD_MIN_STEADY_SECONDS; burst: every device's
 reading acknowledged, the burst actually offered within its window (the load generator kept up) and drained
-(last answer) within FLEET_LOAD_BURST_DRAIN_SECONDS of the window's opening. A JSON summary (checks, readings
-stored and duplicates as the API acknowledged them, percentiles, ingest rate per 10 s) goes to
-FLEET_LOAD_SUMMARY when set.
+(last answer) within FLEET_LOAD_BURST_DRAIN_SECONDS of the window's opening; capacity: a measured rate; overload:
+every answer within FLEET_LOAD_MAX_ANSWER_MS (5 s), requests were shed, and every reading made was acknowledged
+stored once (the goodput, reported, is held against the capacity by tests/load/run_locust.py, which measures it
+again afterwards). A JSON summary (checks, readings stored and duplicates as the API acknowledged them,
+percentiles, ingest rate per 10 s) goes to FLEET_LOAD_SUMMARY when set.
 """
 
 from __future__ import annotations
@@ -47,7 +59,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import gevent
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, between, constant, events, task
 from locust.env import Environment
 
 SCENARIO = os.environ.get("FLEET_LOAD_SCENARIO", "steady")
@@ -62,6 +74,12 @@ BURST_AT = float(
 )
 BURST_DRAIN_SECONDS = float(os.environ.get("FLEET_LOAD_BURST_DRAIN_SECONDS", "50"))
 MIN_STEADY_SECONDS = float(os.environ.get("FLEET_LOAD_MIN_STEADY_SECONDS", "0"))
+#: overload: new readings until this instant (epoch seconds); the capacity the goodput is held against (readings/s).
+OVERLOAD_END = float(os.environ.get("FLEET_LOAD_OVERLOAD_END") or 0) or math.inf
+CAPACITY = float(os.environ.get("FLEET_LOAD_CAPACITY", "0"))
+MAX_ANSWER_MS = float(os.environ.get("FLEET_LOAD_MAX_ANSWER_MS", "5000"))
+#: capacity: the first seconds (connections opening, caches warming) are not measured.
+CAPACITY_WARMUP_SECONDS = 10.0
 SUMMARY_PATH = os.environ.get("FLEET_LOAD_SUMMARY", "")
 #: p99 limits (ms) per request class for the verdict.
 P99_LIMITS_MS = {
@@ -73,11 +91,14 @@ P99_LIMITS_MS = {
 #: Share of the offered ingest rate the steady phase must reach.
 MIN_RATE_SHARE = 0.95
 RATE_BUCKET_SECONDS = 10
+#: Dashboard answers slower than this are listed in the summary with when they were asked (to tell, say, the
+#: load generator's own spawning pauses from the server's).
+SLOW_READ_MS = 500.0
 #: A device told to come back (429, or 503 with Retry-After: shed by admission control, database unavailable)
 #: retries the same reading after Retry-After x a random factor in [1, 1.5) (no header: exponential back-off from
 #: 1 s), never waiting longer than this, and gives up after RETRY_ATTEMPTS tries (a failure).
-RETRY_WAIT_CAP_SECONDS = 60.0
-RETRY_ATTEMPTS = 8
+RETRY_WAIT_CAP_SECONDS = 180.0  # the server's longest Retry-After (FLEET_SHED_RETRY_AFTER_MAX_S, 120) x 1.5
+RETRY_ATTEMPTS = int(os.environ.get("FLEET_LOAD_RETRY_ATTEMPTS", "8"))
 
 
 def meter_id(i: int) -> str:
@@ -101,6 +122,14 @@ class _Tally:
         self.duplicates = 0
         self.ingest_ok = 0
         self.retries = 0  # 429/503 answers the device waited out and retried
+        self.readings_made = 0  # distinct readings devices set out to deliver (a retry is not a new one)
+        self.abandoned = 0  # readings a device gave up on (RETRY_ATTEMPTS answers 429/503)
+        self.refused = 0  # capacity: 429/503 answers (not retried)
+        self.slow_reads: list[tuple[float, str, float]] = []  # (seconds since start, request, ms) over SLOW_READ_MS
+        self.environment: Environment | None = None
+        # overload: the statistics of the start-up (spawning and the first pacing period), kept apart
+        self.startup_stats: dict[str, dict[str, Any]] | None = None
+        self.startup_ended: float | None = None
         self.per_bucket: Counter[int] = Counter()
         self.first_send: float | None = None
         self.last_send: float | None = None
@@ -163,8 +192,8 @@ class Device(FastHttpUser):
     connection_timeout = 30.0
 
     def wait_time(self) -> float:
-        if SCENARIO == "burst":
-            return 24 * 3600.0  # reported once; quiet for the rest of the run
+        if SCENARIO == "burst" or time.time() >= OVERLOAD_END:
+            return 24 * 3600.0  # reported once (burst) or the overload is over: quiet for the rest of the run
         # constant pacing: one reading every PACING_SECONDS whatever the answer took
         return max(0.0, PACING_SECONDS - (time.monotonic() - self._task_started))
 
@@ -185,7 +214,10 @@ class Device(FastHttpUser):
     @task
     def report(self) -> None:
         self._task_started = time.monotonic()
+        if time.time() >= OVERLOAD_END:
+            return
         reading = _device_reading(self.kind, self.number, self.rng)  # a retry sends the same reading
+        TALLY.readings_made += 1
         for attempt in range(1, RETRY_ATTEMPTS + 1):
             wait = self._send(reading, last_attempt=attempt == RETRY_ATTEMPTS)
             if wait is None:
@@ -214,6 +246,8 @@ class Device(FastHttpUser):
                     return 0.0
             if resp.status_code != 200:
                 resp.failure(_failure(resp))
+                if resp.status_code in (429, 503):
+                    TALLY.abandoned += 1
                 return None
             try:
                 doc = json.loads(resp.content)
@@ -223,6 +257,45 @@ class Device(FastHttpUser):
             resp.success()
             TALLY.ingest_answer(started, resp.request_meta["response_time"] or 0.0, doc)
             return None
+
+
+_saturator_numbers = itertools.count()
+
+
+class Saturator(FastHttpUser):
+    """The capacity scenario: single readings back to back, each on a new connection as devices send them.
+    User k of K sends for the fleet's devices k, k + K, k + 2K, ... in turn (meters and vehicles alternating), so
+    a device's next reading comes a full round of the fleet later, never twice within one second."""
+
+    wait_time = constant(0)
+    network_timeout = 30.0
+    connection_timeout = 30.0
+
+    def on_start(self) -> None:
+        self.numbers = itertools.count(next(_saturator_numbers), int(os.environ.get("FLEET_LOAD_SATURATORS", "1")))
+        self.rng = random.Random()
+        self.headers = {"X-API-Key": DEVICE_KEY, "Content-Type": "application/json", "Connection": "close"}
+
+    @task
+    def report(self) -> None:
+        n = next(self.numbers) % (2 * FLEET_SIZE)
+        kind = "meter" if n % 2 == 0 else "vehicle"
+        started = time.time()
+        with self.client.post(
+            "/v1/telemetry/ingest",
+            json=_device_reading(kind, 1 + n // 2, self.rng),
+            headers=self.headers,
+            name=f"ingest {kind}",
+            catch_response=True,
+        ) as resp:
+            if resp.status_code in (429, 503):
+                resp.success()  # the server's answer to too much load: counted, not an error of the run
+                TALLY.refused += 1
+            elif resp.status_code != 200:
+                resp.failure(_failure(resp))
+            else:
+                resp.success()
+                TALLY.ingest_answer(started, resp.request_meta["response_time"] or 0.0, json.loads(resp.content))
 
 
 class Dashboard(FastHttpUser):
@@ -239,7 +312,11 @@ class Dashboard(FastHttpUser):
         self.rng = random.Random()
 
     def _get(self, path: str, name: str) -> None:
+        started = time.time()
         with self.client.get(path, headers=self.headers, name=name, catch_response=True) as resp:
+            elapsed_ms = resp.request_meta["response_time"] or 0.0
+            if elapsed_ms > SLOW_READ_MS and len(TALLY.slow_reads) < 200:
+                TALLY.slow_reads.append((round(started - TALLY.started_at, 1), name, round(elapsed_ms)))
             # A device that has not reported yet in this run is a legitimate 404 for status.
             if resp.status_code == 200 or (resp.status_code == 404 and name.startswith("status")):
                 resp.success()
@@ -270,10 +347,27 @@ class Dashboard(FastHttpUser):
         )
 
 
+@events.init.add_listener
+def _init(environment: Environment, **_kwargs: object) -> None:
+    TALLY.environment = environment
+
+
+def _overload_phase_starts() -> None:
+    """The overload's own statistics start here: the start-up (every device spawned and sending its first reading
+    while Retry-After has not yet adapted, and the load generator busy spawning) is kept apart and reported."""
+    if TALLY.environment is None:
+        return
+    TALLY.startup_stats = _stats_by_name(TALLY.environment.stats)
+    TALLY.startup_ended = time.time()
+    TALLY.environment.stats.reset_all()
+
+
 @events.spawning_complete.add_listener
 def _spawned(user_count: int, **_kwargs: object) -> None:
     if TALLY.spawned_at is None:
         TALLY.spawned_at = time.time()
+        if SCENARIO == "overload":
+            gevent.spawn_later(PACING_SECONDS, _overload_phase_starts)
         # 20,000 users are millions of long-lived objects: every full collection walked them all and stalled
         # every greenlet of this process meanwhile, adding its pause to the response times of requests in
         # flight. Frozen, they are left out of collections; what requests allocate is still collected.
@@ -285,12 +379,34 @@ def _request_class(name: str) -> str:
     return name.split(" ", 1)[0]
 
 
-def _steady_phase(ended: float) -> tuple[float, float, float]:
-    """(start, end, readings/s) of the steady phase: whole 10 s buckets from one pacing period after the last
-    user spawned to the last full bucket before the end."""
+def _get_total(by_name: dict[str, dict[str, Any]], key: str) -> float:
+    return float(by_name.get("Aggregated", {}).get(key) or 0)
+
+
+def _stats_by_name(stats: Any) -> dict[str, dict[str, Any]]:
+    """Requests, failures, percentiles (ms), max, mean and rate per request name and 'Aggregated'."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in [*stats.entries.values(), stats.total]:
+        p = {q: entry.get_response_time_percentile(q / 100) for q in (50, 95, 99)}
+        out[entry.name] = {
+            "requests": entry.num_requests,
+            "failures": entry.num_failures,
+            "p50": p[50],
+            "p95": p[95],
+            "p99": p[99],
+            "max": entry.max_response_time,
+            "mean": entry.avg_response_time,
+            "rps": entry.total_rps,
+        }
+    return out
+
+
+def _steady_phase(ended: float, warmup: float = PACING_SECONDS) -> tuple[float, float, float]:
+    """(start, end, readings/s) of the steady phase: whole 10 s buckets from `warmup` seconds (one pacing period)
+    after the last user spawned to the last full bucket before `ended`."""
     spawned = TALLY.spawned_at or TALLY.started_at
-    first = math.ceil((spawned + PACING_SECONDS) / RATE_BUCKET_SECONDS)
-    last = math.floor(ended / RATE_BUCKET_SECONDS) - 1  # the bucket the run ended in is incomplete
+    first = math.ceil((spawned + warmup) / RATE_BUCKET_SECONDS)
+    last = math.floor(ended / RATE_BUCKET_SECONDS) - 1  # the bucket `ended` falls in is incomplete
     if last < first:
         return 0.0, 0.0, 0.0
     done = sum(TALLY.per_bucket.get(b, 0) for b in range(first, last + 1))
@@ -313,24 +429,20 @@ def verdict(environment: Environment, **_kwargs: object) -> None:
     def check(name: str, ok: bool, detail: str) -> None:
         checks.append({"check": name, "ok": bool(ok), "detail": detail})
 
+    startup = TALLY.startup_stats or {}
+    startup_failures = int(_get_total(startup, "failures"))
+    failures = total.num_failures + startup_failures
     check("requests made", total.num_requests > 0, f"{total.num_requests} requests")
-    check("zero errors", total.num_failures == 0, f"{total.num_failures} failed of {total.num_requests}")
-    per_name: dict[str, dict[str, Any]] = {}
-    for entry in [*stats.entries.values(), total]:
-        p = {q: entry.get_response_time_percentile(q / 100) for q in (50, 95, 99)}
-        per_name[entry.name] = {
-            "requests": entry.num_requests,
-            "failures": entry.num_failures,
-            "p50": p[50],
-            "p95": p[95],
-            "p99": p[99],
-            "max": entry.max_response_time,
-            "mean": entry.avg_response_time,
-            "rps": entry.total_rps,
-        }
-        limit = P99_LIMITS_MS.get(_request_class(entry.name or ""))
+    check(
+        "zero errors",
+        failures == 0,
+        f"{failures} failed of {total.num_requests + int(_get_total(startup, 'requests'))}",
+    )
+    per_name = _stats_by_name(stats)
+    for name, st in per_name.items():
+        limit = P99_LIMITS_MS.get(_request_class(name or ""))
         if limit is not None:
-            check(f"{entry.name} p99 <= {limit:g} ms", p[99] <= limit, f"p99 {p[99]:.0f} ms")
+            check(f"{name} p99 <= {limit:g} ms", st["p99"] <= limit, f"p99 {st['p99']:.0f} ms")
     summary: dict[str, Any] = {
         "scenario": SCENARIO,
         "devices": devices,
@@ -343,6 +455,11 @@ def verdict(environment: Environment, **_kwargs: object) -> None:
         "stored": TALLY.stored,
         "duplicates": TALLY.duplicates,
         "retries": TALLY.retries,
+        "readings_made": TALLY.readings_made,
+        "abandoned": TALLY.abandoned,
+        "refused": TALLY.refused,
+        "slow_reads": TALLY.slow_reads,
+        "startup": {"per_name": TALLY.startup_stats, "ended_at": TALLY.startup_ended} if TALLY.startup_stats else None,
         "per_name": per_name,
         "rate_per_10s": {str(b * RATE_BUCKET_SECONDS): n for b, n in sorted(TALLY.per_bucket.items())},
         "p99_limits_ms": P99_LIMITS_MS,
@@ -373,6 +490,43 @@ def verdict(environment: Environment, **_kwargs: object) -> None:
             f"burst drained within {BURST_DRAIN_SECONDS:g} s",
             drain is not None and drain <= BURST_DRAIN_SECONDS,
             f"last answer {drain if drain is None else round(drain, 1)} s after the window opened",
+        )
+    elif SCENARIO == "capacity":
+        start, end, rate = _steady_phase(ended, warmup=CAPACITY_WARMUP_SECONDS)
+        summary["capacity"] = {"phase_start": start, "phase_end": end, "phase_seconds": end - start, "rate": rate}
+        check("capacity measured over >= 30 s", end - start >= 30 and rate > 0, f"{rate:.1f} readings/s over"
+              f" {end - start:.0f} s; {TALLY.refused} answered 429/503")  # fmt: skip
+    elif SCENARIO == "overload":
+        start, end, rate = _steady_phase(min(ended, OVERLOAD_END))
+        offered = devices / PACING_SECONDS if PACING_SECONDS else 0.0
+        slowest = max((e.max_response_time or 0.0 for e in [*stats.entries.values(), total]), default=0.0)
+        summary["overload"] = {
+            "phase_start": start,
+            "phase_end": end,
+            "phase_seconds": end - start,
+            "goodput": rate,
+            "offered_rate": offered,
+            "capacity": CAPACITY,
+            "slowest_answer_ms": slowest,
+            "startup_slowest_ms": _get_total(startup, "max") if startup else None,
+            "startup_status_p99_ms": max(
+                (startup.get(n, {}).get("p99") or 0.0 for n in ("status vehicle", "status meter")), default=None
+            )
+            if startup
+            else None,
+        }
+        check(
+            f"overload phase >= {MIN_STEADY_SECONDS:g} s at >= 1.9 x capacity offered",
+            end - start >= MIN_STEADY_SECONDS and offered >= 1.9 * CAPACITY > 0,
+            f"{end - start:.0f} s, {offered:.1f} readings/s offered vs capacity {CAPACITY:.1f}/s",
+        )
+        check("requests were shed", TALLY.retries > 0, f"{TALLY.retries} answers 429/503, retried")
+        check(f"every answer within {MAX_ANSWER_MS:g} ms", slowest <= MAX_ANSWER_MS, f"slowest {slowest:.0f} ms")
+        check(
+            "every reading made was acknowledged stored, once",
+            TALLY.readings_made == TALLY.stored and TALLY.duplicates == 0 and TALLY.abandoned == 0,
+            f"{TALLY.readings_made} made, {TALLY.stored} stored, {TALLY.duplicates} duplicates,"
+            f" {TALLY.abandoned} abandoned",
         )
     else:
         start, end, rate = _steady_phase(ended)

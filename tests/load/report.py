@@ -23,7 +23,11 @@ Steps, in this order, each `python -m tests.load.<name> ... --json <out>/<name>.
                     GROUP BY, compression, analytics before/after (orientation; native figures are in step 2);
 5. bench_growth     3 full fleet days (10,000 + 10,000 devices) on native Community with compression on: status,
                     24 h and 7 d analytics day by day (~15-20 minutes);
-6. bench_design     the conditions of DESIGN.md's "Performance targets" table (1,000 + 1,000 devices x 24 h, default
+6. run_overload     overload (issue 14): this machine's single-reading capacity measured first (locust, 32 senders;
+                    wrk beside it), then 4,000 devices paced to offer twice that for >= 3 min with 20 dashboards;
+                    checks every answer within 5 s, goodput >= 90 % of the capacity, status p99 < 500 ms, and every
+                    reading stored once after the devices' retries (~10 minutes);
+7. bench_design     the conditions of DESIGN.md's "Performance targets" table (1,000 + 1,000 devices x 24 h, default
                     server settings, fsync on, wrk -t2 keep-alive: single-reading ingest at 32 connections, 24 h
                     analytics at 8, both together) on Community and Apache, next to pgbench running the same SQL,
                     set beside the original implementation's figures from that table (~20 minutes).
@@ -130,6 +134,15 @@ def steps(quick: bool, out: Path, workers: int, threads: int) -> list[Step]:
             Step(
                 "bench_growth", "tests.load.bench_growth", ["--devices", "100", "--days", "3", "--samples", "50"], 900
             ),
+            Step(
+                "run_overload",
+                "tests.load.run_locust",
+                [
+                    *("--scenario", "overload", "--users", "2000", "--dashboards", "5", "--overload-time", "60s"),
+                    *("--samples", "20", "--out", str(out / "overload"), *server),
+                ],
+                900,
+            ),
             Step("bench_design", "tests.load.bench_design", ["--quick", "--timeout", "840", *server], 900),
         ]
     return [
@@ -158,6 +171,15 @@ def steps(quick: bool, out: Path, workers: int, threads: int) -> list[Step]:
             "tests.load.bench_growth",
             ["--devices", "10000", "--days", "3", "--samples", "200", "--timeout", "2700"],
             3000,
+        ),
+        Step(
+            "run_overload",
+            "tests.load.run_locust",
+            [
+                *("--scenario", "overload", "--users", "4000", "--dashboards", "20", "--overload-time", "200s"),
+                *("--out", str(out / "overload"), *server),
+            ],
+            1800,
         ),
         Step("bench_design", "tests.load.bench_design", ["--duration", "20", "--timeout", "3500", *server], 3600),
     ]
@@ -784,20 +806,7 @@ def _locust(doc: Doc, r: dict[str, Any] | None) -> None:
             f" {load.get('min')}-{load.get('max')} (mean {load.get('mean')}).",
             "",
         )
-        by = s.get("cpu_by_process", {})
-        if by:
-            doc.add(
-                f"CPU per request by process tree ({_n(s.get('cpu_by_process_requests'))} requests; the load generator"
-                " shares the machine's cores with the server and the database):",
-                "",
-            )
-            doc.table(
-                ["process tree", "CPU s", "% of all cores", "CPU per request, us"],
-                [
-                    [name, _n(v["seconds"], 1), _n(v["pct_of_all_cores"], 1), _n(v["us_per_request"])]
-                    for name, v in by.items()
-                ],
-            )
+        _cpu_by_tree(doc, s)
         prof = lc.get("profile")
         if prof and prof.get("samples"):
             doc.add(
@@ -819,6 +828,102 @@ def _locust(doc: Doc, r: dict[str, Any] | None) -> None:
             f" `{_rel(files.get('history_csv'))}`.",
             "",
         )
+
+
+def _cpu_by_tree(doc: Doc, s: dict[str, Any]) -> None:
+    """A locust scenario's CPU per request (every class, refused ones included) by process tree."""
+    by = s.get("cpu_by_process", {})
+    if not by:
+        return
+    doc.add(
+        f"CPU per request by process tree ({_n(s.get('cpu_by_process_requests'))} requests, every class; the load"
+        " generator shares the machine's cores with the server and the database):",
+        "",
+    )
+    doc.table(
+        ["process tree", "CPU s", "% of all cores", "CPU per request, us"],
+        [[name, _n(v["seconds"], 1), _n(v["pct_of_all_cores"], 1), _n(v["us_per_request"])] for name, v in by.items()],
+    )
+
+
+def _overload(doc: Doc, r: dict[str, Any] | None) -> None:
+    doc.add("## Overload: twice this machine's capacity, with dashboards (issue 14)", "")
+    if not r:
+        doc.add("Not measured (the step failed: see its log).", "")
+        return
+    s = _get(r, "scenarios", "overload") or {}
+    lc, cap = s.get("locust", {}), s.get("capacity", {})
+    sm = lc.get("summary", {})
+    o, stats = sm.get("overload", {}), sm.get("per_name") or lc.get("stats", {})
+    srv, wrk = r.get("server", {}), cap.get("wrk", {})
+    before, after = _get(cap, "locust", "rate"), _get(s, "capacity_after", "locust", "rate")
+    capacity = (before + after) / 2 if before and after else before
+    doc.add(
+        "`tests/load/run_locust.py --scenario overload`: one throw-away native cluster with"
+        f" {_n(_get(r, 'history', 'minutes'))} minutes of history for the fleet; `fleet serve` with"
+        f" {srv.get('workers')} workers x {srv.get('threads')} threads and the default admission bounds"
+        " (`FLEET_INGEST_MAX_QUEUE_MS` 1000, `FLEET_INGEST_TARGET_QUEUE_MS` 250, `FLEET_READ_MAX_QUEUE_MS` 5000;"
+        " Retry-After 5-15 s, growing to 40-120 s while a worker keeps shedding; reads taken before ingest).",
+        "",
+        f"1. **Capacity, same run, same server:** {_get(cap, 'locust', 'senders')} locust users sending single"
+        f" readings back to back (a new connection each, as devices do) for {_get(cap, 'locust', 'seconds')} s, before"
+        f" the overload and again after it: {_n(before, 1)} and {_n(after, 1)} readings/s acknowledged (the first 10 s"
+        f" of each unmeasured), **{_n(capacity, 1)} readings/s** on average, the figure the goodput is held against."
+        f" wrk before it, 32 keep-alive connections, 30 s: {_n(wrk.get('stored_rate'), 1)} readings/s (p99"
+        f" {_n(wrk.get('p99'))} ms).",
+        f"2. **Overload:** {s.get('devices', 0):,} devices paced at {_n(lc.get('pacing_s'), 1)} s offer"
+        f" {_n(o.get('offered_rate'), 1)} readings/s (2 x the capacity measured before), with"
+        f" {s.get('dashboards')} dashboards, for"
+        f" {_n(o.get('phase_seconds'))} s at full rate; a shed device waits Retry-After x [1, 1.5) and re-sends the"
+        " same reading; then the devices stop making readings and deliver what they hold.",
+        "",
+    )
+    rows = []
+    for name, st in stats.items():
+        rows.append(
+            [name, _n(st.get("requests")), _n(st.get("failures")), _n(st.get("p50")), _n(st.get("p95")),
+             _n(st.get("p99")), _n(st.get("max"))]
+        )  # fmt: skip
+    doc.table(["request", "n", "failed", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows)
+    status_p99 = max((_get(stats, n, "p99") or 0.0) for n in ("status vehicle", "status meter"))
+    goodput = o.get("goodput")
+    share = goodput / capacity if goodput and capacity else None
+    rows_check = next((c for c in s.get("checks", []) if c["check"].startswith("stored rows == readings")), {})
+    doc.add(
+        f"Outcome: goodput {_n(goodput, 1)} readings/s = {_n(100 * share if share else None)} % of capacity;"
+        f" {_n(sm.get('retries'))} answers 503 (shed) retried; slowest answer {_n(o.get('slowest_answer_ms'))} ms;"
+        f" status p99 {_n(status_p99)} ms; {_n(sm.get('readings_made'))} readings made,"
+        f" {_n(sm.get('stored'))} acknowledged stored, {_n(sm.get('duplicates'))} duplicates,"
+        f" {_n(sm.get('abandoned'))} abandoned; {rows_check.get('detail', '')}.",
+        "",
+        "The table and the checks cover the overload phase and the drain after it. The start-up before it (every"
+        " device spawned by the one locust process and sending its first reading, Retry-After not yet adapted) is"
+        f" apart: slowest answer {_n(o.get('startup_slowest_ms'))} ms, status p99"
+        f" {_n(o.get('startup_status_p99_ms'))} ms.",
+        "",
+    )
+    _cpu_by_tree(doc, s)
+    for c in [*s.get("checks", []), *sm.get("checks", [])]:
+        doc.add(f"- {'ok' if c['ok'] else '**FAIL**'}: {c['check']}: {c['detail']}")
+    doc.add(
+        "",
+        "How many devices offer the overload matters. Every device holds one reading until it is stored, so under"
+        " twice the capacity about half of the fleet must be kept away at any time; a device kept away for"
+        " Retry-After T means about N / (2T) refusals a second for N devices, each costing about a third of a stored"
+        " reading. With Retry-After at most 120 s, 4,000 devices (pacing ~7 s) need few refusals; 20,000 devices"
+        " (pacing ~35 s) need ~80 a second and lose goodput to them (docs/SCALING.md).",
+        "",
+    )
+    doc.target(
+        "overload: 2 x capacity >= 3 min with dashboards: answers <= 5 s, goodput >= 90 %, status p99 < 500 ms,"
+        " stored = sent once",
+        f"goodput {_n(goodput, 1)}/s ({_n(100 * share if share else None)} %), slowest"
+        f" {_n(o.get('slowest_answer_ms'))} ms, status p99 {_n(status_p99)} ms, {_n(sm.get('readings_made'))} made /"
+        f" {_n(sm.get('stored'))} stored / {_n(sm.get('duplicates'))} dup.",
+        f"capacity {_n(capacity, 1)} readings/s (locust, before {_n(before, 1)} / after {_n(after, 1)}),"
+        f" {_n(wrk.get('stored_rate'), 1)}/s (wrk)",
+        _met(bool(s.get("ok"))),
+    )
 
 
 def _embedded(doc: Doc, r: dict[str, Any] | None) -> None:
@@ -1079,6 +1184,7 @@ def render(out: Path, meta: dict[str, Any]) -> str:
     _ingest(body, results.get("bench_ingest"))
     _analytics(body, results.get("bench_analytics"))
     _locust(body, results.get("run_locust"))
+    _overload(body, results.get("run_overload"))
     _embedded(body, results.get("bench_embedded"))
     _growth(body, results.get("bench_growth"))
     _design(body, results.get("bench_design"))
@@ -1113,7 +1219,7 @@ def _others(name: str, r: dict[str, Any] | None) -> str:
         values = [_get(s, "cpu_pct", "other", default=0.0) for s in r.get("scenarios", [])]
     elif name == "bench_analytics":
         values = [v.get("others_pct", 0.0) for e in r.get("editions", {}).values() for v in e.get("cpu", {}).values()]
-    elif name == "run_locust":
+    elif name in ("run_locust", "run_overload"):
         values = [_get(s, "cpu", "others_pct", default=0.0) for s in r.get("scenarios", {}).values()]
     elif name == "bench_embedded":
         values = [

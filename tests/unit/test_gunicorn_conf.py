@@ -9,6 +9,7 @@ import os
 import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,24 +29,29 @@ print(json.dumps({{
 """
 
 
-def load_conf(tmp: Path, soft: int, hard: int, **env: str) -> dict[str, int]:
-    """The settings gunicorn would read, in a process started with these open-file limits."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
+def run_probe(probe: str, tmp: Path, preexec_fn: Callable[[], None] | None = None, **env: str) -> dict[str, int]:
+    """Run `probe` (formatted with conf=the config's path) in a fresh process; the JSON it printed last."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")} | env
     environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp)  # else the file makes a temporary directory of its own
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(conf=str(CONF))],
+        [sys.executable, "-c", probe.format(conf=str(CONF))],
         env=environ,
-        preexec_fn=limit,
+        preexec_fn=preexec_fn,
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def load_conf(tmp: Path, soft: int, hard: int, **env: str) -> dict[str, int]:
+    """The settings gunicorn would read, in a process started with these open-file limits."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return run_probe(_PROBE, tmp, limit, **env)
 
 
 def test_gunicorn_conf_queue_fits_a_low_hard_limit(tmp_path: Path) -> None:
@@ -69,3 +75,18 @@ def test_gunicorn_conf_queue_and_backlog_from_the_environment(tmp_path: Path) ->
     assert got["worker_connections"] == 300
     assert got["backlog"] == 128
     assert got["soft"] == 1024  # already enough: left alone
+
+
+_DEFER_PROBE = """
+import json, logging, runpy, socket, types
+conf = runpy.run_path({conf!r})
+sock = socket.create_server(("127.0.0.1", 0))
+server = types.SimpleNamespace(LISTENERS=[types.SimpleNamespace(sock=sock)], log=logging.getLogger("probe"))
+conf["when_ready"](server)
+print(json.dumps({{"defer_accept": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT)}}))
+"""
+
+
+def test_gunicorn_conf_accepts_a_connection_once_its_request_arrived(tmp_path: Path) -> None:
+    # A gthread thread given a connection without data blocks waiting for it: the kernel holds such connections.
+    assert run_probe(_DEFER_PROBE, tmp_path)["defer_accept"] > 0

@@ -296,3 +296,14 @@ def test_timestamps_stay_unique_when_the_wall_clock_steps_back():
     t2 = fleet.next_due()
     [second] = fleet.due(t2, WALL0 - 60.0)  # NTP stepped the clock back
     assert second.item["payload"]["timestamp"] > first.item["payload"]["timestamp"]
+
+
+def test_retry_waits_honour_retry_after_with_jitter_and_a_cap():
+    rng = random.Random(3)
+    told = [simulator.retry_wait(1, 5.0, rng) for _ in range(200)]
+    assert all(5.0 <= w < 7.5 for w in told)  # never earlier than told, at most half as long again
+    assert max(told) - min(told) > 1.0  # spread: senders told the same value do not come back together
+    assert simulator.retry_wait(1, 6000.0, rng) == simulator.RETRY_WAIT_CAP_S
+    untold = [simulator.retry_wait(3, None, rng) for _ in range(200)]
+    assert all(0.0 <= w <= 2.0 for w in untold) and max(untold) > 1.5  # full jitter of 0.5 x 2^2
+    assert all(simulator.retry_wait(20, None, rng) <= simulator.RETRY_WAIT_CAP_S for _ in range(50))
