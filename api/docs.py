@@ -7,7 +7,7 @@ pinned `swagger-ui-bundle` package instead, served here, so the page works with 
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, send_from_directory
+from flask import Blueprint, Flask, Response, redirect, request, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 DOCS_PATH = "/docs"
@@ -20,6 +20,13 @@ blp = Blueprint("docs_assets", __name__)
 def swagger_ui_asset(filename: str) -> Response:
     """One of Swagger UI's static files (404 for anything outside its directory)."""
     return send_from_directory(str(swagger_ui_path), filename, max_age=86400)
+
+
+@blp.route(DOCS_PATH + "/")
+def docs_with_slash() -> Response:
+    """/docs/ is where people type it: send them to the page (under the app's mount prefix, if any). The page itself
+    is not served here: its asset URLs are relative to /docs."""
+    return redirect(request.script_root + DOCS_PATH, code=301)
 
 
 def configure(app: Flask) -> None:

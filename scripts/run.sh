@@ -4,9 +4,17 @@
 # (`fleet demo seed`: mappings and API keys) and the device simulator (`fleet simulate`) posting their
 # readings through the API every 5 s, so data arrives within seconds, and the scheduler (`fleet jobs run`:
 # policies, checkpoints, alerts). It prints the URLs and keys to try.
-# Ctrl-C or SIGTERM stops the simulator, the API and the engine; data stays in var/engine (FLEET_ENGINE_DIR),
+# Ctrl-C, SIGINT or SIGTERM (also when started in the background) stops the simulator, the API and the engine;
+# data stays in var/engine (FLEET_ENGINE_DIR),
 # this run's API log is var/log/api.log. Re-running is safe: the demo's mappings are kept, its keys rotated.
 set -euo pipefail
+# Started in the background (`run.sh &`), a non-interactive shell begins with SIGINT ignored, and bash cannot trap
+# a signal that was ignored on entry: run this script again once, with SIGINT back to its default, so that
+# Ctrl-C and `kill -INT` stop everything cleanly however it was started.
+if [ -z "${FLEET_RUN_SIGINT_RESTORED:-}" ] && (( 0x$(awk '/^SigIgn:/ {print $2}' /proc/$$/status) & 2 )); then
+  export FLEET_RUN_SIGINT_RESTORED=1
+  exec python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp("bash", ["bash", *sys.argv[1:]])' "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
@@ -107,6 +115,7 @@ cat <<TXT
 Fleet telemetry platform is running on $url with a simulated demo fleet
   API docs:    $url/docs            (OpenAPI: $url/openapi.json)
   health:      $url/health          readiness: $url/ready          metrics: $url/metrics
+  with the read key below in an X-API-Key header:
   performance: $url/v1/analytics/performance/$vehicle
   status:      $url/v1/vehicles/$vehicle      $url/v1/meters/$meter
   fleet:       $url/v1/analytics/fleet
@@ -121,9 +130,12 @@ Try:
   curl -H 'X-API-Key: $read_key' $url/v1/analytics/performance/$vehicle
   curl -H 'X-API-Key: $read_key' '$url/v1/vehicles?isCharging=true&page_size=5'
   curl -H 'X-API-Key: $read_key' $url/v1/analytics/fleet
+  curl -H 'X-API-Key: $device_key' -H 'Content-Type: application/json' $url/v1/telemetry/ingest \\
+    -d '{"type":"METER","payload":{"meterId":"$meter","kwhConsumedAc":0.42,"voltage":231.5,"timestamp":"'"\$(date -u +%FT%TZ)"'"}}'
+  (payload fields: README, "Two commands")
 
 The simulator prints its progress every 10 s; the API logs to $api_log, the scheduler to $jobs_log.
-Press Ctrl-C to stop.
+Press Ctrl-C to stop (or send SIGINT or SIGTERM to PID $$).
 
 TXT
 wait "$api_pid"

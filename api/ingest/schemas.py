@@ -51,6 +51,14 @@ class StrictFloat(ma.fields.Float):
             raise self.make_error("too_large") from None
 
 
+#: Why an energy value is refused: a device that sends its cumulative register (the original design's own examples
+#: carry 125.5 and 105.2 kWh) must learn that a reading carries the energy of its own interval.
+_INTERVAL_ENERGY_ERROR = (
+    "must be between {min:g} and {max:g} kWh: the energy of this reading's own interval (since the device's previous"
+    " reading), not a cumulative meter register"
+)
+
+
 def _device_id(description: str) -> ma.fields.String:
     return device_id(
         required=True,
@@ -70,7 +78,7 @@ class MeterPayloadSchema(BaseSchema):
     meterId = _device_id("Smart meter id")
     kwhConsumedAc = StrictFloat(
         required=True,
-        validate=validate.Range(0, MAX_KWH_PER_READING),
+        validate=validate.Range(0, MAX_KWH_PER_READING, error=_INTERVAL_ENERGY_ERROR),
         metadata={"description": f"AC energy drawn in the reporting interval, kWh (0-{MAX_KWH_PER_READING:g})"},
     )
     voltage = StrictFloat(
@@ -88,7 +96,7 @@ class VehiclePayloadSchema(BaseSchema):
     )
     kwhDeliveredDc = StrictFloat(
         required=True,
-        validate=validate.Range(0, MAX_KWH_PER_READING),
+        validate=validate.Range(0, MAX_KWH_PER_READING, error=_INTERVAL_ENERGY_ERROR),
         metadata={"description": f"DC energy into the battery in the interval, kWh (0-{MAX_KWH_PER_READING:g})"},
     )
     batteryTemp = StrictFloat(

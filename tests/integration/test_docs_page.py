@@ -61,3 +61,10 @@ def test_docs_openapi_document_lists_the_api(client):
 def test_docs_assets_outside_the_bundle_are_404(client):
     assert client.get("/docs/assets/../../api/config.py").status_code == 404
     assert client.get("/docs/assets/missing.js").status_code == 404
+
+
+def test_docs_with_a_trailing_slash_leads_to_the_page(client):
+    answer = client.get("/docs/")
+    assert answer.status_code == 301
+    assert urljoin("http://localhost/docs/", answer.headers["Location"]) == "http://localhost/docs"
+    assert client.get("/docs/", follow_redirects=True).status_code == 200

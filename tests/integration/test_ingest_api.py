@@ -266,3 +266,13 @@ def test_ingest_bound_key_only_for_its_own_device(clean_db):
     refused = client.post(URL, json=[meter("m-own", 3), meter("m-other", 3)])
     assert refused.status_code == 403
     assert counts(clean_db)["meter_readings"] == 1
+
+
+def test_ingest_cumulative_energy_is_refused_saying_a_reading_is_its_own_interval(client, clean_db):
+    # The original design's own example readings: cumulative registers, not the energy of one interval.
+    for item, field in ((meter(kwh=125.5), "kwhConsumedAc"), (vehicle(kwh=105.2), "kwhDeliveredDc")):
+        resp = client.post(URL, json=item)
+        assert resp.status_code == 422
+        (message,) = resp.get_json()["errors"]["json"]["payload"][field]
+        assert "own interval" in message and "cumulative" in message and "100 kWh" in message, message
+    assert counts(clean_db) == dict.fromkeys(counts(clean_db), 0)
