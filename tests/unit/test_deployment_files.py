@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 import pytest
+import yaml
 
 from jobs.cli import main
 
@@ -110,9 +111,6 @@ def test_constraints_pin_every_runtime_dependency_at_the_version_pyproject_pins(
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    yaml = pytest.importorskip(
-        "yaml", reason="PyYAML is not installed (not a dependency of ours): compose.yaml is not parsed"
-    )
     return yaml.safe_load(COMPOSE.read_text())
 
 
