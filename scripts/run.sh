@@ -132,7 +132,7 @@ Try:
   curl -H 'X-API-Key: $read_key' $url/v1/analytics/fleet
   curl -H 'X-API-Key: $device_key' -H 'Content-Type: application/json' $url/v1/telemetry/ingest \\
     -d '{"type":"METER","payload":{"meterId":"$meter","kwhConsumedAc":0.42,"voltage":231.5,"timestamp":"'"\$(date -u +%FT%TZ)"'"}}'
-  (payload fields: README, "Two commands")
+  (payload fields: README, "Send a reading yourself")
 
 The simulator prints its progress every 10 s; the API logs to $api_log, the scheduler to $jobs_log.
 Press Ctrl-C to stop (or send SIGINT or SIGTERM to PID $$).
