@@ -49,7 +49,7 @@ from flask import Flask
 from flask_smorest import Blueprint
 from gunicorn.workers.gthread import ThreadWorker
 
-from api import logging_setup, metrics, problems
+from api import config, logging_setup, metrics, problems
 from api.config import Settings
 
 if TYPE_CHECKING:
@@ -84,6 +84,7 @@ class ThreadQueue:
         self.last_within_target = time.monotonic()
         self.last_shed: float | None = None
         self.shed = 0
+        self.shed_logged, self.shed_logged_at = 0, 0.0  # _log_sheds: the count at its last line, and when
 
     def queued(self) -> None:
         with self._lock:
@@ -117,8 +118,6 @@ class ThreadQueue:
 
 
 QUEUE = ThreadQueue()
-#: Set by init_app (the settings give its range).
-RETRY_AFTER: RetryAfter | None = None
 
 
 class RetryAfter:
@@ -137,10 +136,14 @@ class RetryAfter:
 
     def __init__(self, shortest: int, longest: int) -> None:
         self._lock = threading.Lock()
-        self.shortest, self.highest_base = shortest, max(shortest, longest // 3)
-        self.base = shortest
+        self.configure(shortest, longest)
         self.window_start = time.monotonic()
         self.admitted = self.shed = 0
+
+    def configure(self, shortest: int, longest: int) -> None:
+        """Set the range (FLEET_SHED_RETRY_AFTER_S, FLEET_SHED_RETRY_AFTER_MAX_S); base starts over."""
+        self.shortest, self.highest_base = shortest, max(shortest, longest // 3)
+        self.base = shortest
 
     def note(self, now: float, *, shed: bool) -> None:
         """Count one ingest request, admitted or shed; adjust `base` at the end of each window."""
@@ -162,6 +165,10 @@ class RetryAfter:
         return random.randint(self.base, 3 * self.base)
 
 
+#: This worker's; init_app configures it from the settings (the defaults until then).
+RETRY_AFTER = RetryAfter(config.FLEET_SHED_RETRY_AFTER_S.default or 1, config.FLEET_SHED_RETRY_AFTER_MAX_S.default or 1)
+
+
 def overload() -> dict[str, Any]:
     """The answering worker's view for /ready: shedding now, requests waiting for a thread, how long its queue has
     stood (ms), requests it shed since it started. Only this worker's: each has its own queue."""
@@ -171,7 +178,7 @@ def overload() -> dict[str, Any]:
         "queued": QUEUE.waiting,
         "queue_standing_ms": round(QUEUE.standing_for(now) * 1000),
         "shed_by_this_worker": QUEUE.shed,
-        "retry_after_base_s": RETRY_AFTER.base if RETRY_AFTER else None,
+        "retry_after_base_s": RETRY_AFTER.base,
     }
 
 
@@ -228,13 +235,7 @@ class QueueTimedThreadWorker(ThreadWorker):
             return conn, _Finished(error=exc)
 
     def _finish_next(self, fut: Any) -> None:
-        if fut.cancelled():  # the worker is stopping: the pool dropped the task, its connection is still queued
-            with self._lanes_lock:
-                conn = self._reads.popleft() if self._reads else self._ingest.popleft() if self._ingest else None
-            if conn is not None:
-                self.nr_conns -= 1
-                conn.close()
-            return
+        # _handle_next returns whatever happens, and gthread shuts its pool down without cancelling tasks.
         conn, finished = fut.result()
         self.finish_request(conn, finished)
 
@@ -268,21 +269,20 @@ def _is_ingest(conn: Any, request_lines: tuple[bytes, ...]) -> bool:
 
 #: A worker logs how many requests it shed at most this often.
 SHED_LOG_INTERVAL_S = 10.0
-_shed_log = {"at": 0.0, "count": 0}
 
 
 def _log_sheds(now: float) -> None:
     """One warning per SHED_LOG_INTERVAL_S while shedding: how many this worker shed since the last one."""
-    if now - _shed_log["at"] < SHED_LOG_INTERVAL_S:
+    if now - QUEUE.shed_logged_at < SHED_LOG_INTERVAL_S:
         return
-    shed, _shed_log["count"], _shed_log["at"] = QUEUE.shed - _shed_log["count"], QUEUE.shed, now
     logger.warning(
-        "admission control: shed %d requests since the last report (%d since start); Retry-After %s-%s s",
-        shed,
+        "admission control: shed %d requests since the last report (%d since start); Retry-After %d-%d s",
+        QUEUE.shed - QUEUE.shed_logged,
         QUEUE.shed,
-        RETRY_AFTER.base if RETRY_AFTER else "?",
-        3 * RETRY_AFTER.base if RETRY_AFTER else "?",
+        RETRY_AFTER.base,
+        3 * RETRY_AFTER.base,
     )
+    QUEUE.shed_logged, QUEUE.shed_logged_at = QUEUE.shed, now
 
 
 class AdmissionMiddleware:
@@ -338,17 +338,12 @@ class AdmissionMiddleware:
         environ[logging_setup.SKIP_ACCESS_LINE] = True
         incoming = environ.get("HTTP_X_REQUEST_ID")
         request_id = incoming if logging_setup.valid_request_id(incoming) else uuid.uuid4().hex
-        # The problem document every other error is (api/problems.py), written here without Flask.
-        body = json.dumps(
-            {
-                "type": "about:blank",
-                "title": "Service Unavailable",
-                "status": 503,
-                "detail": f"overloaded: this request waited {waited * 1000:.0f} ms for a worker (bound"
-                f" {bound * 1000:.0f} ms); nothing was done, retry after Retry-After seconds (a retried reading is"
-                " stored once)",
-            }
-        ).encode()
+        # The problem document every other error is (api/problems.py), serialised here without Flask.
+        detail = (
+            f"overloaded: this request waited {waited * 1000:.0f} ms for a worker (bound {bound * 1000:.0f} ms);"
+            " nothing was done, retry after Retry-After seconds (a retried reading is stored once)"
+        )
+        body = json.dumps(problems.problem_document(503, "Service Unavailable", detail)).encode()
         start_response(
             "503 SERVICE UNAVAILABLE",
             [
@@ -377,8 +372,7 @@ def init_app(app: Flask, settings: Settings, *, ingest: Blueprint, never_shed: I
     ingest_paths = paths([ingest])
     if not ingest_paths or not never:
         raise ValueError("admission control: no route for the ingest or the never-shed blueprints")
-    global RETRY_AFTER
-    RETRY_AFTER = RetryAfter(settings.shed_retry_after_s, settings.shed_retry_after_max_s)
+    RETRY_AFTER.configure(settings.shed_retry_after_s, settings.shed_retry_after_max_s)
     app.wsgi_app = AdmissionMiddleware(  # type: ignore[method-assign]  # Flask's documented way to add middleware
         app.wsgi_app, settings, RETRY_AFTER, ingest=ingest_paths, never=never
     )

@@ -129,6 +129,10 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(DBAPIError, disconnect)
 
 
+def problem_document(status: int, title: str, detail: str) -> dict[str, Any]:
+    """The body of a plain problem (no field errors)."""
+    return {"type": "about:blank", "title": title, "status": status, "detail": detail}
+
+
 def _problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> Any:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    return body, status, {"Content-Type": PROBLEM_JSON, **(headers or {})}
+    return problem_document(status, title, detail), status, {"Content-Type": PROBLEM_JSON, **(headers or {})}
