@@ -20,8 +20,8 @@ from api import (
     ops,
     problems,
 )
-from api.config import Settings
 from api.problems import ProblemApi
+from config import Settings
 
 
 def create_app(

@@ -46,11 +46,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
-from flask_smorest import Blueprint
 from gunicorn.workers.gthread import ThreadWorker
 
-from api import config, logging_setup, metrics, problems
-from api.config import Settings
+from api import logging_setup, metrics, problems
+from api.blueprint import Blueprint
+from config import VARIABLES, Settings
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -166,7 +166,9 @@ class RetryAfter:
 
 
 #: This worker's; init_app configures it from the settings (the defaults until then).
-RETRY_AFTER = RetryAfter(config.FLEET_SHED_RETRY_AFTER_S.default or 1, config.FLEET_SHED_RETRY_AFTER_MAX_S.default or 1)
+RETRY_AFTER = RetryAfter(
+    VARIABLES["FLEET_SHED_RETRY_AFTER_S"].default, VARIABLES["FLEET_SHED_RETRY_AFTER_MAX_S"].default
+)
 
 
 def overload() -> dict[str, Any]:

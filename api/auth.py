@@ -23,12 +23,13 @@ from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, g, request
 from flask_limiter import ApplicationLimit, Limiter, RequestLimit
-from flask_smorest import Api, Blueprint, abort
+from flask_smorest import Api, abort
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from api import rate_limit_storage
-from api.config import Settings
+from api.blueprint import Blueprint
+from config import Settings
 from db import keys
 from db.keys import ApiKey
 from db.schema import API_KEY_ROLES

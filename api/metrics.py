@@ -29,7 +29,7 @@ on_starting hook), so counters start from zero with the server, as Prometheus ex
 Without PROMETHEUS_MULTIPROC_DIR (the Flask test client, `flask run`: one process) the metrics live in this
 process's memory and /metrics serves prometheus_client's default registry, process collector included.
 
-Access: FLEET_METRICS (api/config.py): `public` (default), `read` or `admin` (an API key with that role, or
+Access: FLEET_METRICS (config/__init__.py): `public` (default), `read` or `admin` (an API key with that role, or
 admin), `off` (no route). /metrics is never rate limited (create_app lists its blueprint as public).
 """
 
@@ -49,7 +49,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from flask.views import MethodView
-from flask_smorest import Api, Blueprint
+from flask_smorest import Api
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -73,8 +73,9 @@ from sqlalchemy.pool import QueuePool
 
 import db
 from api.auth import require_role
-from api.config import Settings
+from api.blueprint import Blueprint
 from api.problems import PROBLEM_JSON
+from config import Settings
 from db import timescaledb_jobs
 
 logger = logging.getLogger(__name__)

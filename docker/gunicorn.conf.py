@@ -18,6 +18,12 @@ import shutil
 import socket
 import tempfile
 
+from config import Settings
+
+# Every FLEET_* variable is declared once, in config/ (name, default, parser, meaning); a bad value stops the
+# server here, with the variable's name, instead of in every worker.
+_settings = Settings.from_env()
+
 _METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Remembers, across configuration reloads (SIGHUP re-reads this file), that the directory was made here.
 _CREATED_ENV = "FLEET_METRICS_DIR_CREATED"
@@ -28,11 +34,11 @@ if not os.environ.get(_METRICS_DIR_ENV):
 # prometheus_client opens its files there as soon as the app's modules are imported (logger_class below).
 os.makedirs(os.environ[_METRICS_DIR_ENV], exist_ok=True)
 
-bind = os.environ.get("FLEET_BIND", "127.0.0.1:8000")
+bind = _settings.bind
 # On 2 cores 4 workers x 2 threads ingest 10-28 % more single readings and 16-25 % more batch readings than
 # 2 x 4 (tests/load/bench_ingest.py): ingest is CPU-bound Python, and each worker is one GIL.
-workers = int(os.environ.get("FLEET_WORKERS", "4"))
-threads = int(os.environ.get("FLEET_THREADS", "2"))
+workers = _settings.workers
+threads = _settings.threads
 # gthread, noting when each request waits for a thread: one that waited past its bound is answered 503 with
 # Retry-After at once (admission control, api/admission.py; FLEET_INGEST_MAX_QUEUE_MS, FLEET_READ_MAX_QUEUE_MS).
 worker_class = "api.admission.QueueTimedThreadWorker"
@@ -46,7 +52,7 @@ max_requests_jitter = 10000
 # fell back to SYN cookies, one cookie failed and one device's connection closed unanswered. Each gthread worker
 # also takes up to `worker_connections` accepted connections into its own queue (default 1000): 4 x 5,000 + 4,096
 # holds the whole 20,000-device fleet at once. Each queued connection holds a file descriptor (below).
-backlog = int(os.environ.get("FLEET_BACKLOG", "4096"))
+backlog = _settings.backlog
 
 
 def _open_files_allowing(wanted):
@@ -62,7 +68,7 @@ def _open_files_allowing(wanted):
 
 # Without the file descriptors for them, accept() fails (EMFILE) and the worker dies: fit the queue to the limit,
 # keeping some descriptors for the database pool, logs and metrics files.
-_wanted_connections = int(os.environ.get("FLEET_WORKER_CONNECTIONS", "5000"))
+_wanted_connections = _settings.worker_connections
 _open_files = _open_files_allowing(_wanted_connections + 256)
 worker_connections = max(
     threads + 1,
@@ -76,7 +82,7 @@ graceful_timeout = 20
 logger_class = "api.logging_setup.GunicornLogger"
 # FLEET_ACCESS_LOG=off: no access lines (GUNICORN_CMD_ARGS cannot turn them off: GunicornLogger writes one
 # whenever accesslog is not None). They cost ~7-9 % of a worker's CPU per ingest request.
-accesslog = None if os.environ.get("FLEET_ACCESS_LOG", "on").strip().lower() == "off" else "-"
+accesslog = "-" if _settings.access_log else None
 errorlog = "-"
 
 

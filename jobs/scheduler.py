@@ -49,13 +49,13 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 import db
-from api.config import Settings
+from config import Settings
 from db import alerts, edition, job_runs, policies
+from db import scheduler as scheduling
 from db import timescaledb_jobs as tsjobs
 from jobs.correlation import refresh_correlation
 from jobs.retention import run_retention
@@ -70,11 +70,6 @@ FIRST_USER_JOB_ID = tsjobs.FIRST_USER_JOB_ID
 JobFn = Callable[[Engine], Any]
 ReadyFn = Callable[[Engine], str | None]
 Status = Literal["succeeded", "failed", "not_due", "busy", "handed_back"]
-
-_RUN_JOB = sa.text("CALL run_job(:job_id)")
-_CHECKPOINT = sa.text("CHECKPOINT")
-_TRY_LOCK = sa.text("SELECT pg_try_advisory_lock(hashtext('fleet-jobs'), hashtext(:name))")
-_UNLOCK = sa.text("SELECT pg_advisory_unlock(hashtext('fleet-jobs'), hashtext(:name))")
 
 
 @dataclass(frozen=True)
@@ -136,23 +131,19 @@ def _stats_dict(stats: Any) -> dict[str, Any]:
     return {"result": policies.as_jsonable(stats)}
 
 
-def _autocommit(engine: Engine, statement: sa.TextClause, params: dict[str, Any] | None = None) -> float:
-    # run_job (a refresh policy) and CHECKPOINT cannot run inside a transaction block.
-    t0 = time.monotonic()
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(statement, params or {})
-    return time.monotonic() - t0
-
-
 def run_timescaledb_job(engine: Engine, job_id: int, proc_name: str, relation: str | None) -> TimescaleJobStats:
     """Run TimescaleDB job `job_id` now, in this process (`CALL run_job`)."""
-    seconds = _autocommit(engine, _RUN_JOB, {"job_id": job_id})
+    t0 = time.monotonic()
+    scheduling.run_timescaledb_job(engine, job_id)
+    seconds = time.monotonic() - t0
     return TimescaleJobStats(job_id=job_id, proc_name=proc_name, relation=relation, seconds=round(seconds, 3))
 
 
 def run_checkpoint(engine: Engine) -> CheckpointStats:
     """Flush the embedded engine's WAL into its data files (it has no checkpointer of its own)."""
-    return CheckpointStats(seconds=round(_autocommit(engine, _CHECKPOINT), 3))
+    t0 = time.monotonic()
+    scheduling.checkpoint(engine)
+    return CheckpointStats(seconds=round(time.monotonic() - t0, 3))
 
 
 def run_alerts(engine: Engine, settings: Settings) -> Any:
@@ -372,21 +363,8 @@ class Scheduler:
             stop.wait(self.settings.jobs_tick_seconds)
         logger.info("scheduler %s stopped", self.holder)
 
-    @contextmanager
-    def _session_lock(self, name: str) -> Iterator[bool]:
-        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            got = bool(conn.execute(_TRY_LOCK, {"name": name}).scalar_one())
-            try:
-                yield got
-            finally:
-                if got:
-                    conn.execute(_UNLOCK, {"name": name})
-        finally:
-            conn.close()  # a lock left behind by an error goes with the connection
-
     def _run_one(self, job: Job, session_locks: bool) -> Outcome:
-        lock = self._session_lock(job.name) if session_locks else _held()
+        lock = scheduling.job_session_lock(self.engine, job.name) if session_locks else _held()
         with lock as got:
             if not got:
                 return Outcome(job.name, job.description, "busy", error="running in another scheduler")
@@ -405,7 +383,7 @@ class Scheduler:
 
     def _hand_back(self, job: tsjobs.TimescaleJob, session_locks: bool) -> Outcome:
         """Give a taken-over job back to TimescaleDB, under its lock (no run of ours is then in progress)."""
-        lock = self._session_lock(job.name) if session_locks else _held()
+        lock = scheduling.job_session_lock(self.engine, job.name) if session_locks else _held()
         with lock as got:
             if not got:
                 return Outcome(job.name, job.description, "busy", error="running in another scheduler")

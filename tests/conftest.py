@@ -37,8 +37,8 @@ from sqlalchemy.engine import Engine
 
 import db
 from db import keys
+from db.embedded import supervisor as embedded
 from db.migrate import upgrade
-from jobs import engine as embedded
 
 ALL_ENGINES = ("native", "native-apache", "embedded")
 #: Engines running TimescaleDB's Community edition (continuous aggregates, compression, policies).

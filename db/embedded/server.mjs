@@ -7,7 +7,7 @@
 //   - serves one client at a time (PGlite has one backend); others wait in a queue, bounded in time,
 //   - resets the backend session when a client goes away, however it went away,
 //   - never lets a socket error take the process down; an error from PGlite itself means the instance may be
-//     corrupt, so the process exits non-zero and the supervisor (jobs/engine.py) restarts it.
+//     corrupt, so the process exits non-zero and the supervisor (supervisor.py) restarts it.
 //
 // Usage: node server.mjs --data-dir DIR [--host 127.0.0.1] [--port 5499] [--health-port 5500]
 import { createServer as createHttpServer } from 'node:http'

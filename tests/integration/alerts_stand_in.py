@@ -3,7 +3,7 @@ the file named by FLEET_TEST_ALERTS_LOG, sleeps FLEET_TEST_ALERTS_SLEEP seconds 
 overlap), raises when FLEET_TEST_ALERTS_FAIL is set, and with FLEET_TEST_ALERTS_GATE=PATH creates PATH.entered
 and then waits until the test creates PATH.open (to hold a run in progress for as long as a test needs).
 
-Registered by replacing `sys.modules["jobs.alerts"]` after `jobs.cli` is imported: the scheduler imports the
+Registered by replacing `sys.modules["jobs.alerts"]` after `cli` is imported: the scheduler imports the
 module when the alerts job runs, so it finds this one. `SUBPROCESS_MAIN` does that in a `python -c` process.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SUBPROCESS_MAIN = (
-    "import sys; from jobs.cli import main; from tests.integration import alerts_stand_in;"
+    "import sys; from cli import main; from tests.integration import alerts_stand_in;"
     " sys.modules['jobs.alerts'] = alerts_stand_in; main()"
 )
 

@@ -59,7 +59,7 @@ def gunicorn(env: dict[str, str], log: Path, workers: int = 2, threads: int = 2)
     args = ["--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads)]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jobs.cli", "serve", *args],
+            [sys.executable, "-m", "cli", "serve", *args],
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -24,9 +24,9 @@ from click.testing import CliRunner
 from pytest_postgresql.executors import PostgreSQLExecutor
 from sqlalchemy.engine import Connection, Engine
 
+from cli import main
 from db import keys
 from db.roles import ANALYST_ROLE
-from jobs.cli import main
 from tests.conftest import is_community
 from tests.integration.test_analytics_api import refresh_like_policy
 from tests.integration.test_rollups import INSERT_MAPPING, INSERT_METER, INSERT_VEHICLE

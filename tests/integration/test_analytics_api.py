@@ -24,7 +24,7 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 
 from api import create_app
-from api.config import Settings
+from config import Settings
 from jobs.correlation import refresh_correlation
 from tests.conftest import is_community, with_api_key
 

@@ -6,8 +6,8 @@ import port_for
 import pytest
 from click.testing import CliRunner
 
-from jobs import engine as embedded
-from jobs.cli import main
+from cli import main
+from db.embedded import supervisor as embedded
 from tests.conftest import is_community
 
 

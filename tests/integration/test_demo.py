@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 import db
 from api import create_app
-from api.config import Settings
+from cli import main
+from config import Settings
 from db import demo, keys, mappings
-from jobs.cli import main
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from api import create_app
-from api.config import Settings
+from config import Settings
 from db.schema import DEVICE_ID_MAX_LENGTH, meters_current, vehicles_current
 from tests.conftest import with_api_key
 

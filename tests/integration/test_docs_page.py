@@ -8,7 +8,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 
 from api import create_app
-from api.config import Settings
+from config import Settings
 
 
 class _AssetLinks(HTMLParser):
@@ -59,7 +59,7 @@ def test_docs_openapi_document_lists_the_api(client):
 
 
 def test_docs_assets_outside_the_bundle_are_404(client):
-    assert client.get("/docs/assets/../../api/config.py").status_code == 404
+    assert client.get("/docs/assets/../../api/__init__.py").status_code == 404
     assert client.get("/docs/assets/missing.js").status_code == 404
 
 

@@ -1,4 +1,4 @@
-"""The embedded engine's own server (db/embedded/server.mjs under jobs/engine.py) on the real PGlite instance.
+"""The embedded engine's own server (db/embedded/server.mjs, supervised by supervisor.py there) on real PGlite.
 
 Each test is one of the failures that make a stock PGlite socket server (@electric-sql/pglite-socket) unusable:
 large messages, many messages per TCP chunk, a dead client's session leaking into the next one, client resets,
@@ -32,7 +32,7 @@ import pytest
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from jobs import engine as embedded
+from db.embedded import supervisor as embedded
 from tests.conftest import selected_engines
 
 pytestmark = pytest.mark.skipif(

@@ -34,8 +34,8 @@ from sqlalchemy.engine import Engine
 import db
 from api import create_app
 from api.auth import API_KEY_HEADER
-from api.config import Settings
 from api.problems import PROBLEM_JSON
+from config import Settings
 from db import keys, readings
 from db.schema import alerts, vehicle_meter_mapping
 

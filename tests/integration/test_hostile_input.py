@@ -27,7 +27,7 @@ from werkzeug.wrappers import Response
 
 from api import create_app
 from api.auth import API_KEY_HEADER
-from api.config import Settings
+from config import Settings
 from db import keys, readings
 from db.schema import vehicle_meter_mapping
 from tests.conftest import PLATFORM_TABLES
@@ -629,7 +629,7 @@ def test_hostile_query_strings_on_public_endpoints_are_ignored(client, url):
     [
         "/docs/assets/%00",
         "/docs/assets/..%2F..%2Fpyproject.toml",
-        "/docs/assets/%2e%2e/%2e%2e/api/config.py",
+        "/docs/assets/%2e%2e/%2e%2e/api/__init__.py",
         "/docs/assets/" + "a" * 5000,
         "/docs/assets/%FF",
         "/docs/assets/swagger-ui.css%00.js",

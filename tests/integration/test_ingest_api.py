@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from api import create_app
-from api.config import Settings
+from config import Settings
 from db import keys
 
 NOW = datetime.now(UTC).replace(microsecond=0)

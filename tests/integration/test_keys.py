@@ -17,10 +17,10 @@ from flask_smorest import Blueprint
 import db
 from api import create_app
 from api.auth import API_KEY_HEADER, check_device_access, require_role
-from api.config import ConfigError, Settings
+from cli import main
+from config import ConfigError, Settings
 from db import keys
 from db.errors import NotFound
-from jobs.cli import main
 
 blp = Blueprint("auth_probe", __name__, url_prefix="/test-auth", description="Test-only protected routes")
 

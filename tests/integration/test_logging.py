@@ -16,8 +16,8 @@ from flask_smorest import Blueprint
 from sqlalchemy.engine import make_url
 
 from api import create_app
-from api.config import Settings
 from api.logging_setup import REQUEST_ID_HEADER
+from config import Settings
 from db import keys
 from tests.integration.gunicorn_server import gunicorn, http
 

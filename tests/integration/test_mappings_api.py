@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from api import create_app
-from api.config import Settings
+from config import Settings
 from db.schema import DEVICE_ID_MAX_LENGTH, vehicle_meter_mapping
 from tests.conftest import with_api_key
 

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.pool import QueuePool
 
 from api import create_app
-from api.config import Settings
+from config import Settings
 from db import keys
 from tests.integration.gunicorn_server import gunicorn, http, parent_pid
 

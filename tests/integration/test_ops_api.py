@@ -4,7 +4,7 @@ import pytest
 
 import db
 from api import create_app
-from api.config import Settings
+from config import Settings
 from db import migrate
 from tests.conftest import is_community
 

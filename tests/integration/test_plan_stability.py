@@ -40,7 +40,7 @@ from sqlalchemy.engine import Engine
 
 import db
 from api import create_app
-from api.config import Settings
+from config import Settings
 from db.migrate import upgrade
 from jobs.correlation import refresh_correlation
 from tests.conftest import hold_timescaledb_jobs, native_url, proc_of, selected_engines, with_api_key

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from sqlalchemy.engine import Engine
 
-from jobs.cli import main
+from cli import main
 from jobs.retention import run_retention
 from tests.conftest import is_community
 from tests.integration import alerts_stand_in, timescaledb_state

@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 
 from api import create_app
-from api.config import Settings
-from jobs.cli import main
+from cli import main
+from config import Settings
 from jobs.scheduler import evaluate_policy_alerts
 from tests.integration import alerts_stand_in, timescaledb_state
 

@@ -30,7 +30,7 @@ from pytest_postgresql.executors import PostgreSQLExecutor
 from sqlalchemy.engine import Engine
 
 from api import create_app
-from api.config import Settings
+from config import Settings
 from db import keys
 from db.migrate import upgrade
 from tests.conftest import PG_BIN, PG_LIB, TIMESCALEDB_OPTIONS, cluster_dir, make_test_engine, selected_engines

@@ -23,8 +23,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from sqlalchemy.engine import Engine
 
+from cli import main
 from db import job_runs
-from jobs.cli import main
 from tests.conftest import is_community
 from tests.integration import alerts_stand_in, timescaledb_state
 
@@ -125,6 +125,18 @@ def test_jobs_run_once_runs_every_due_job_then_nothing(jobs_db, engine_kind, sta
     assert second.stdout.count("not_due") == len(expected)
     assert len(alerts_stand_in.calls(stand_in)) == 1
     assert {r.run_count for r in _runs(jobs_db).values()} == {1}
+
+
+def test_jobs_run_logs_json_lines_on_stderr(jobs_db, tmp_path):
+    """The job log is JSON like the API's (one object per line), on stderr: stdout stays the command's output."""
+    proc = spawn(jobs_db, tmp_path / "alerts.log", "jobs", "run", "--once", "--json")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["jobs"]  # stdout: the document alone
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert records, "no log line at FLEET_LOG_LEVEL=INFO"
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records), records[:3]
+    assert any(r["logger"] == "jobs.scheduler" and r["level"] == "INFO" for r in records), records[:5]
 
 
 def test_jobs_run_help_names_the_settings(engine):

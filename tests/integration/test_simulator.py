@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from jobs.cli import main
+from cli import main
 from tests.integration.gunicorn_server import gunicorn, http
 
 

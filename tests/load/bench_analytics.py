@@ -674,7 +674,7 @@ def run_jobs_once(url: str, timeout: float) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "jobs", "run", "--once"],
+            [sys.executable, "-m", "cli", "jobs", "run", "--once"],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,

@@ -94,8 +94,8 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
+import config
 import db
-from api import config
 from db import analytics, keys, readings
 from jobs.correlation import refresh_correlation
 from tests.load import rollups, run_locust
@@ -803,7 +803,7 @@ def run_edition(args: argparse.Namespace, edition: str, day_start: datetime, tmp
         ed.ingest_sql.write_text(ingest_pgbench_script())
         rep["pgbench_scripts"] = {"ingest": ed.ingest_sql.read_text(), "analytics": ed.analytics_sql.read_text()}
 
-        env = {"FLEET_RATE_LIMIT": str(config.FLEET_RATE_LIMIT.default), "FLEET_ACCESS_LOG": "on"}
+        env = {"FLEET_RATE_LIMIT": str(config.VARIABLES["FLEET_RATE_LIMIT"].default), "FLEET_ACCESS_LOG": "on"}
         server = stack.enter_context(
             gunicorn_server(url, workers=args.workers, threads=args.threads, log_path=ed.tmp / "gunicorn.log", env=env)
         )

@@ -53,8 +53,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from db import analytics
+from db.embedded import supervisor as embedded
 from db.migrate import upgrade
-from jobs import engine as embedded
 from tests.load.benchlib import CpuWatch, log, machine_info, run_benchmark, summarize
 from tests.load.fleet_day import MAPPING_LEAD, generate_text_blocks, vehicle_id
 from tests.load.rollups import CAGGS, HYPERTABLES, compress_chunks, hypertable_sizes, refresh_with_baseline

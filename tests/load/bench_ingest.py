@@ -487,7 +487,7 @@ def gunicorn_server(
     env.pop("FLEET_WORKERS", None)
     env.pop("FLEET_THREADS", None)
     log_path = log_dir / "gunicorn.log"
-    serve = ["-m", "jobs.cli", "serve"] if conf is None else ["-m", "gunicorn", "-c", str(conf)]
+    serve = ["-m", "cli", "serve"] if conf is None else ["-m", "gunicorn", "-c", str(conf)]
     command = [sys.executable, *serve, "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
     command += ["--threads", str(threads), *([] if conf is None else ["api:create_app()"])]
     with log_path.open("wb") as log:

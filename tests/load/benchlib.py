@@ -348,7 +348,7 @@ def gunicorn_server(
     ):
         if name not in settings:
             full_env.pop(name, None)
-    command = [sys.executable, "-m", "jobs.cli", "serve", "--bind", f"127.0.0.1:{port}"]
+    command = [sys.executable, "-m", "cli", "serve", "--bind", f"127.0.0.1:{port}"]
     command += ["--workers", str(workers), "--threads", str(threads)]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:

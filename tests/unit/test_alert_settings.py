@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api.config import ConfigError, Settings
+from config import ConfigError, Settings
 from db import alerts
 
 

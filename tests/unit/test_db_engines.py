@@ -11,7 +11,7 @@ from sqlalchemy import event
 
 import db
 from api import create_app
-from api.config import ConfigError, Settings
+from config import ConfigError, Settings
 
 TLS_QUERY = {
     "sslmode": "verify-full",

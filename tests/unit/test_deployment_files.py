@@ -15,7 +15,7 @@ import click
 import pytest
 import yaml
 
-from jobs.cli import main
+from cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -81,7 +81,7 @@ def test_dockerfile_commands_exist():
     cmd = [value for name, value in instructions if name == "CMD"][-1]
     assert_fleet_command_exists(_args("CMD", cmd))
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert pyproject["project"]["scripts"]["fleet"] == "jobs.cli:main"
+    assert pyproject["project"]["scripts"]["fleet"] == "cli:main"
     assert (ROOT / "docker" / "gunicorn.conf.py").is_file()  # what `fleet serve` runs gunicorn with
     healthcheck = [value for name, value in instructions if name == "HEALTHCHECK"]
     assert healthcheck and "/health" in healthcheck[0]

@@ -14,8 +14,8 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from api import logging_setup, metrics
-from api.config import ConfigError, Settings
 from api.logging_setup import GunicornLogger, redact, valid_request_id
+from config import ConfigError, Settings
 
 KEY = "fk_AbCdEfGh" + "x1Y2z3" * 5 + "Q-_"  # 43 characters after the marker, like a real key
 

@@ -1,6 +1,6 @@
 """`fleet policies show|set` and `fleet jobs run`: archival policies and the scheduler, for operators.
 
-Registered on the main group in jobs/cli.py. Exit codes: 0 done; 1 database or job failure; 2 bad usage (an
+Registered on the main group in cli/__init__.py. Exit codes: 0 done; 1 database or job failure; 2 bad usage (an
 interval that does not parse, a setting that does not exist on this edition); 3 a policy change refused as
 unsafe (nothing was changed).
 """
@@ -19,15 +19,14 @@ from types import FrameType
 from typing import Any
 
 import click
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 import db
-from api.config import Settings
+from cli.support import cli_engine, click_errors, emit, load_settings
+from config import Settings
 from db import correlation, edition, job_runs, policies
 from db import timescaledb_jobs as tsjobs
 from db.policies import format_interval
-from jobs.cli_support import cli_engine, emit, load_settings
 from jobs.scheduler import Outcome, Scheduler
 
 EXIT_FAILED = 1
@@ -41,18 +40,6 @@ class _Refused(click.ClickException):
 
 class _Unavailable(click.ClickException):
     exit_code = EXIT_USAGE
-
-
-@contextmanager
-def _database_errors(action: str) -> Iterator[None]:
-    try:
-        yield
-    except sa.exc.ProgrammingError as exc:  # e.g. job_runs missing: schema behind the code
-        raise click.ClickException(
-            f"cannot {action}: {exc.__cause__ or exc}\n(is the schema at head? `fleet db current`, `fleet db upgrade`)"
-        ) from None
-    except sa.exc.SQLAlchemyError as exc:  # refused connection, TimescaleDB refusing a policy, ...
-        raise click.ClickException(f"cannot {action}: {exc.__cause__ or exc}") from None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -402,7 +389,7 @@ def policies_show(as_json: bool) -> None:
 
     Intervals are printed in the syntax `fleet policies set` takes (90d, 1h, 30m)."""
     settings = load_settings()
-    with _database_errors("read the policies"), cli_engine(settings).connect() as conn:
+    with click_errors("read the policies"), cli_engine(settings).connect() as conn:
         report = policies_report(conn, settings)
     emit(as_json, report, render_report(report))
 
@@ -471,7 +458,7 @@ def policies_set(
     max_age = timedelta(days=settings.max_reading_age_days)
     try:
         with (
-            _database_errors("change the policies (nothing was changed)"),
+            click_errors("change the policies (nothing was changed)"),
             db.transaction(cli_engine(settings)) as conn,
         ):
             info = edition.describe(conn)
@@ -559,7 +546,7 @@ def jobs_run(once: bool, as_json: bool) -> None:
     logging.getLogger("jobs").setLevel(settings.log_level)
     scheduler = Scheduler(cli_engine(settings), settings)
     if once:
-        with _database_errors("run the jobs"):
+        with click_errors("run the jobs"):
             outcomes = scheduler.tick()
         failed = [o for o in outcomes if o.status == "failed"]
         human = "\n".join(_outcome_line(o) for o in outcomes) or "no jobs"

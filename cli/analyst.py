@@ -1,6 +1,6 @@
 """`fleet analyst grant-login|revoke-login|list`: database logins for analysts (members of `fleet_analyst`).
 
-Registered on the main group in jobs/cli.py. The password is never a command-line argument (other users see
+Registered on the main group in cli/__init__.py. The password is never a command-line argument (other users see
 arguments in `ps`): it comes from FLEET_ANALYST_PASSWORD, or from stdin (one line; a hidden, confirmed prompt on
 a terminal), and is never echoed, printed or logged. Exit codes: 0 done; 1 database error or a refused role
 or password; 2 bad usage.
@@ -19,12 +19,10 @@ from dataclasses import asdict
 from typing import Any
 
 import click
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-import db
-from db import edition, errors, roles
-from jobs.cli_support import cli_engine, emit, load_settings
+from cli.support import emit, load_settings, transaction
+from db import edition, roles
 
 #: Environment variable a password may come from (scripts, secret stores); else stdin.
 PASSWORD_ENV = "FLEET_ANALYST_PASSWORD"
@@ -37,14 +35,8 @@ def analyst_group() -> None:
 
 @contextmanager
 def _transaction(action: str) -> Iterator[Connection]:
-    settings = load_settings()
-    try:
-        with db.transaction(cli_engine(settings)) as conn:
-            yield conn
-    except (roles.RoleError, errors.NotFound) as exc:
-        raise click.ClickException(str(exc)) from None
-    except sa.exc.SQLAlchemyError as exc:  # refused connection, no CREATEROLE privilege: say so plainly
-        raise click.ClickException(f"cannot {action}: {exc.__cause__ or exc}") from None
+    with transaction(load_settings(), action) as conn:
+        yield conn
 
 
 def _refuse_embedded(conn: Connection) -> None:

@@ -1,7 +1,7 @@
 """Start, supervise, health-check and stop the embedded engine (PGlite + TimescaleDB Community).
 
-Process layout: `fleet engine start` spawns a detached supervisor (`python -m jobs.engine supervise ...`) that
-runs `node db/embedded/server.mjs` and restarts it whenever it exits unexpectedly (a crashed WASM instance is
+Process layout: `fleet engine start` spawns a detached supervisor (`python -m db.embedded.supervisor supervise`)
+that runs `node db/embedded/server.mjs` and restarts it whenever it exits unexpectedly (a crashed WASM instance is
 not trustworthy; PGlite reopens the data directory in 1-4 s and committed data survives). The supervisor
 writes its state to `<engine dir>/engine.json`; `stop` signals the supervisor, which stops Node gracefully
 (PGlite closes its files) and removes the state file.
@@ -31,7 +31,7 @@ import psycopg
 
 logger = logging.getLogger(__name__)
 
-SERVER_SCRIPT = Path(__file__).resolve().parent.parent / "db" / "embedded" / "server.mjs"
+SERVER_SCRIPT = Path(__file__).resolve().parent / "server.mjs"
 STATE_FILE = "engine.json"
 LOG_FILE = "engine.log"
 LOCK_FILE = "supervisor.lock"
@@ -163,7 +163,7 @@ def start(cfg: EngineConfig, timeout: float = 120.0) -> EngineStatus:
         _check_prerequisites(cfg)
         cfg.directory.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "jobs.engine", "supervise", "--detach",
+            sys.executable, "-m", "db.embedded.supervisor", "supervise", "--detach",
             "--dir", str(cfg.directory), "--host", cfg.host,
             "--port", str(cfg.port), "--health-port", str(cfg.health_port), "--node", cfg.node,
         ]  # fmt: skip
@@ -299,7 +299,7 @@ def supervise(cfg: EngineConfig) -> int:
 def _main(argv: list[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m jobs.engine")
+    parser = argparse.ArgumentParser(prog="python -m db.embedded.supervisor")
     parser.add_argument("command", choices=["supervise"])
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--host", default="127.0.0.1")

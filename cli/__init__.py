@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
-import db
-from api.config import Settings
-from db import edition, errors, keys, migrate
+from cli.alerts import alerts_group
+from cli.analyst import analyst_group
+from cli.demo import demo_group
+from cli.ops import jobs_group, policies_group
+from cli.simulate import simulate_command
+from cli.support import cli_engine, click_errors, emit, load_settings, transaction
+from config import Settings
+from config.logs import configure_logging
+from db import edition, keys, migrate
+from db.embedded import supervisor as embedded
 from db.schema import API_KEY_ROLES
-from jobs import engine as embedded
-from jobs.alerts import alerts_group
-from jobs.analyst_cli import analyst_group
-from jobs.cli_support import cli_engine, emit, load_settings
-from jobs.demo import demo_group
-from jobs.ops_cli import jobs_group, policies_group
-from jobs.simulator import simulate_command
 
 
 class _Context:
@@ -48,7 +43,9 @@ pass_ctx = click.make_pass_decorator(_Context, ensure=True)
 @click.version_option(package_name="fleet-telemetry")
 def main() -> None:
     """Operate the fleet telemetry platform."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    # JSON lines like the API's (config/logs.py), on stderr: stdout is the command's output. Warnings and
+    # errors only; `fleet jobs run` raises the jobs' loggers to FLEET_LOG_LEVEL.
+    configure_logging("WARNING", stream="stderr")
 
 
 # --- embedded engine ---------------------------------------------------------------------------------------
@@ -81,10 +78,8 @@ def _exports(url: str) -> str:
 def engine_start(ctx: _Context, as_json: bool, timeout: float) -> None:
     """Start the supervised engine (no-op if running) and print its DATABASE_URL."""
     cfg = _engine_config(ctx.settings)
-    try:
+    with click_errors("start the embedded engine"):
         st = embedded.start(cfg, timeout=timeout)
-    except embedded.EngineError as exc:
-        raise click.ClickException(str(exc)) from None
     emit(as_json, st.as_dict(), _exports(cfg.database_url.replace("postgresql+psycopg", "postgresql")))
 
 
@@ -93,10 +88,8 @@ def engine_start(ctx: _Context, as_json: bool, timeout: float) -> None:
 @pass_ctx
 def engine_stop(ctx: _Context, as_json: bool) -> None:
     """Stop the engine and its supervisor (data stays in FLEET_ENGINE_DIR)."""
-    try:
+    with click_errors("stop the embedded engine"):
         stopped = embedded.stop(_engine_config(ctx.settings))
-    except embedded.EngineError as exc:
-        raise click.ClickException(str(exc)) from None
     emit(as_json, {"stopped": stopped}, "stopped" if stopped else "not running")
 
 
@@ -173,12 +166,9 @@ def db_downgrade(ctx: _Context, revision: str) -> None:
 def db_current(ctx: _Context, as_json: bool) -> None:
     """Show the schema revision, the head, and the TimescaleDB edition with its Community objects."""
     engine = _schema_engine(ctx.settings)
-    try:
-        with engine.connect() as conn:
-            current = migrate.current_revision(conn)
-            info = edition.describe(conn)
-    except sa.exc.SQLAlchemyError as exc:  # refused connection, missing extension: say so plainly
-        raise click.ClickException(f"cannot read the database: {exc.__cause__ or exc}") from None
+    with click_errors("read the database"), engine.connect() as conn:
+        current = migrate.current_revision(conn)
+        info = edition.describe(conn)
     head = migrate.head_revision()
     data = {"current": current, "head": head, "at_head": current == head, "edition": asdict(info)}
     human = (
@@ -205,17 +195,6 @@ def keys_group() -> None:
     """API keys: create (the key is printed once, then only its hash is kept), list, revoke."""
 
 
-@contextmanager
-def _keys_transaction(settings: Settings) -> Iterator[Connection]:
-    try:
-        with db.transaction(_schema_engine(settings)) as conn:
-            yield conn
-    except errors.NotFound as exc:
-        raise click.ClickException(str(exc)) from None
-    except sa.exc.SQLAlchemyError as exc:  # refused connection, schema not migrated: say so plainly
-        raise click.ClickException(f"cannot use the database: {exc.__cause__ or exc}") from None
-
-
 def _key_data(key: keys.ApiKey) -> dict[str, Any]:
     return {**asdict(key), "active": key.active}
 
@@ -237,7 +216,7 @@ def keys_create(ctx: _Context, name: str, role: str, device_id: str | None, as_j
 
     Without --json the key alone goes to stdout (KEY=$(fleet keys create ...)) and the rest to stderr."""
     try:
-        with _keys_transaction(ctx.settings) as conn:
+        with transaction(ctx.settings, "use the database") as conn:
             key, plaintext = keys.create_key(conn, name, role, device_id)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -255,7 +234,7 @@ def keys_create(ctx: _Context, name: str, role: str, device_id: str | None, as_j
 @pass_ctx
 def keys_list(ctx: _Context, as_json: bool) -> None:
     """List keys (revoked ones too) with their display prefix; never the key or its hash."""
-    with _keys_transaction(ctx.settings) as conn:
+    with transaction(ctx.settings, "use the database") as conn:
         found = keys.list_keys(conn)
     header = f"{'id':>5}  {'prefix':<14}  {'role':<24}  {'state':<24}  name"
     human = "\n".join([header, *map(_key_line, found)]) if found else "no API keys"
@@ -268,7 +247,7 @@ def keys_list(ctx: _Context, as_json: bool) -> None:
 @pass_ctx
 def keys_revoke(ctx: _Context, key_id: int, as_json: bool) -> None:
     """Revoke key KEY_ID. API processes stop accepting it within FLEET_KEY_CACHE_SECONDS."""
-    with _keys_transaction(ctx.settings) as conn:
+    with transaction(ctx.settings, "use the database") as conn:
         key = keys.revoke_key(conn, key_id)
     human = (
         f"revoked API key {key.id} ({key.key_prefix}..., {key.name}); API processes refuse it within"

@@ -10,11 +10,9 @@ from dataclasses import asdict
 from typing import Any
 
 import click
-import sqlalchemy as sa
 
-import db
-from db import demo, errors
-from jobs.cli_support import cli_engine, emit, load_settings
+from cli.support import emit, load_settings, transaction
+from db import demo
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -40,15 +38,9 @@ def seed(meters: int, vehicles: int, prefix: str, url: str, no_keys: bool, as_js
         demo.check_prefix(prefix)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    engine = cli_engine(load_settings())
-    try:
-        with db.transaction(engine) as conn:
-            mapped = demo.seed_mappings(conn, prefix, meters, vehicles)
-            issued = None if no_keys else demo.issue_demo_keys(conn, prefix)
-    except (sa.exc.SQLAlchemyError, errors.Conflict) as exc:
-        raise click.ClickException(f"cannot seed the demo: {exc.__cause__ or exc}") from None
-    finally:
-        engine.dispose()
+    with transaction(load_settings(), "seed the demo") as conn:
+        mapped = demo.seed_mappings(conn, prefix, meters, vehicles)
+        issued = None if no_keys else demo.issue_demo_keys(conn, prefix)
     data = _report(prefix, meters, vehicles, url.rstrip("/"), mapped, issued)
     emit(as_json, data, _human(data) if not as_json else "")
 
