@@ -53,7 +53,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
-from db import analytics, correlation
+from db import analytics, correlation, edition
 from db.schema import ALERT_KINDS, DEVICE_ID_MAX_LENGTH, alerts, meters_current, vehicles_current
 
 HOUR = timedelta(hours=1)
@@ -75,7 +75,7 @@ AlertStatus = Literal["open", "resolved", "all"]
 ALERT_STATUSES: tuple[AlertStatus, ...] = ("open", "resolved", "all")
 
 #: What an evaluation is: a query of (device_type, device_id, firing, details), one row per judged device.
-Evaluation = sa.Select | sa.CompoundSelect | sa.TextualSelect
+Evaluation = sa.Select[Any] | sa.CompoundSelect[Any] | sa.TextualSelect
 
 # Times inside `details` are written in UTC whatever the session's time zone (the engines' differ).
 _ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
@@ -185,7 +185,7 @@ def scan(
         sa.select(
             # The clock when this statement starts, i.e. after any wait for lock_scans(), unlike now().
             sa.func.statement_timestamp().label("now"),
-            (sa.func.current_setting("timescaledb.license") == "timescale").label("community"),
+            sa.literal_column(edition.COMMUNITY_SQL, sa.Boolean).label("community"),
         )
     ).one()
     now = server.now if now is None else now
@@ -254,7 +254,7 @@ def _silent_devices(now: datetime, silent_minutes: int) -> Evaluation:
     cutoff = now - timedelta(minutes=silent_minutes)
     now_p = sa.literal(now, sa.DateTime(timezone=True))
 
-    def of(table: sa.Table, id_column: sa.Column, device_type: str) -> sa.Select:
+    def of(table: sa.Table, id_column: sa.Column[str], device_type: str) -> sa.Select[Any]:
         recorded_at = table.c.recorded_at
         return sa.select(
             _text(device_type).label("device_type"),

@@ -19,14 +19,15 @@ Windows are [start, end) and the callers pass whole hours: an hourly sum cannot 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from db import correlation
+from db import correlation, edition
 from db.errors import NotFound
 from db.schema import (
     DEVICE_ID_MAX_LENGTH,
@@ -123,18 +124,20 @@ def hours_of(start: datetime, end: datetime) -> list[datetime]:
 # --- the hourly sources, per edition ------------------------------------------------------------------------
 
 #: A window bound: a value, or a bind parameter of a statement built once and run with its values.
-_When = datetime | sa.BindParameter
+_When = datetime | sa.BindParameter[datetime]
 _START = sa.bindparam("start", type_=sa.DateTime(timezone=True))
 _END = sa.bindparam("end", type_=sa.DateTime(timezone=True))
 _VEHICLE_ID = sa.bindparam("vehicle_id", type_=sa.Text)
 _METER_IDS = sa.bindparam("meter_ids", type_=sa.ARRAY(sa.Text))
 
 
-def _bucket(column: sa.ColumnElement) -> sa.ColumnElement:
+def _bucket(column: sa.ColumnElement[datetime]) -> sa.ColumnElement[datetime]:
     return sa.func.time_bucket(sa.literal_column("INTERVAL '1 hour'"), column)
 
 
-def _meter_hours(community: bool, start: _When, end: _When, meter_ids: sa.BindParameter | None) -> sa.Subquery:
+def _meter_hours(
+    community: bool, start: _When, end: _When, meter_ids: sa.BindParameter[Sequence[str]] | None
+) -> sa.Subquery:
     """meter_id, bucket, kwh_consumed_ac, reading_count per meter and hour of [start, end)."""
     if community:
         m = meter_readings_1h
@@ -161,7 +164,7 @@ def _meter_hours(community: bool, start: _When, end: _When, meter_ids: sa.BindPa
     return q.subquery("meter_hours")
 
 
-def _vehicle_hours(community: bool, start: _When, end: _When, vehicle_id: sa.BindParameter | None) -> sa.Subquery:
+def _vehicle_hours(community: bool, start: _When, end: _When, vehicle_id: sa.BindParameter[str] | None) -> sa.Subquery:
     """vehicle_id, bucket, kwh_delivered_dc, reading_count, battery_temp_min/max/avg per vehicle and hour."""
     if community:
         v = vehicle_readings_1h
@@ -197,7 +200,7 @@ def _vehicle_hours(community: bool, start: _When, end: _When, vehicle_id: sa.Bin
     return q.subquery("vehicle_hours")
 
 
-def _mapped_at_bucket(map_: sa.Table, bucket: sa.ColumnElement) -> sa.ColumnElement[bool]:
+def _mapped_at_bucket(map_: sa.Table, bucket: sa.ColumnElement[datetime]) -> sa.ColumnElement[bool]:
     """The mapping row that was valid at the start of the hour `bucket`."""
     return sa.and_(bucket >= map_.c.valid_from, sa.or_(map_.c.valid_to.is_(None), bucket < map_.c.valid_to))
 
@@ -212,7 +215,9 @@ def _overlapping(map_: sa.Table, start: datetime, end: datetime) -> sa.ColumnEle
 #: watermark, whether the vehicle exists, and the meters mapped to it at some time in the window.
 _VEHICLE_PROBE = sa.text(
     """
-    SELECT current_setting('timescaledb.license') = 'timescale' AS community,
+    SELECT """
+    + edition.COMMUNITY_SQL
+    + """ AS community,
            (SELECT materialized_until FROM correlation_watermark) AS correlation_watermark,
            EXISTS (SELECT 1 FROM vehicles_current WHERE vehicle_id = :vehicle_id)
            OR EXISTS (SELECT 1 FROM vehicle_meter_mapping WHERE vehicle_id = :vehicle_id) AS known,
@@ -224,7 +229,7 @@ _VEHICLE_PROBE = sa.text(
 
 
 @functools.cache
-def _vehicle_hours_with_ac(community: bool, with_ac: bool) -> sa.Select:
+def _vehicle_hours_with_ac(community: bool, with_ac: bool) -> sa.Select[Any]:
     """One row per hour of [:start, :end) in which vehicle :vehicle_id or the meter mapped to it at the hour's start
     (among :meter_ids) reported: bucket, meter_id, kwh_consumed_ac, meter_readings (NULLs: no AC that hour),
     kwh_delivered_dc, vehicle_readings, battery_temp_min/max/avg (NULLs: no DC that hour). One statement: each side
@@ -282,19 +287,19 @@ def vehicle_performance(
     hours = []
     for hour in hours_of(start, end):
         r = by_hour.get(hour)
-        has_ac = r is not None and r.meter_readings is not None
-        has_dc = r is not None and r.vehicle_readings is not None
+        ac = r if r is not None and r.meter_readings is not None else None  # the hour's row, if it has AC
+        dc = r if r is not None and r.vehicle_readings is not None else None  # the hour's row, if it has DC
         hours.append(
             HourlyEnergy(
                 hour=hour,
-                meter_id=r.meter_id if has_ac else None,
-                ac_consumed=r.kwh_consumed_ac if has_ac else None,
-                dc_delivered=r.kwh_delivered_dc if has_dc else None,
-                meter_readings=r.meter_readings if has_ac else 0,
-                vehicle_readings=r.vehicle_readings if has_dc else 0,
-                battery_temp_min=r.battery_temp_min if has_dc else None,
-                battery_temp_max=r.battery_temp_max if has_dc else None,
-                battery_temp_avg=float(r.battery_temp_avg) if has_dc else None,
+                meter_id=ac.meter_id if ac is not None else None,
+                ac_consumed=ac.kwh_consumed_ac if ac is not None else None,
+                dc_delivered=dc.kwh_delivered_dc if dc is not None else None,
+                meter_readings=ac.meter_readings if ac is not None else 0,
+                vehicle_readings=dc.vehicle_readings if dc is not None else 0,
+                battery_temp_min=dc.battery_temp_min if dc is not None else None,
+                battery_temp_max=dc.battery_temp_max if dc is not None else None,
+                battery_temp_avg=float(dc.battery_temp_avg) if dc is not None else None,
             )
         )
 
@@ -382,7 +387,7 @@ def fleet_performance(
     vehicles whose efficiency is known and below it. Sorting puts unknown values last; ties go by vehicle id.
     """
     if community is None:
-        community = conn.execute(sa.text("SELECT current_setting('timescaledb.license') = 'timescale'")).scalar_one()
+        community = edition.is_community(conn)
     totals = vehicle_totals(community, start, end)
     sort_column = {
         # COLLATE "C": byte order of ids, the same on every engine whatever its default collation.
@@ -413,6 +418,6 @@ def fleet_performance(
     ], total
 
 
-def _count(conn: Connection, q: sa.Select) -> int:
+def _count(conn: Connection, q: sa.Select[Any]) -> int:
     # A page past the end has no rows to carry the window count: count the whole result instead.
     return conn.execute(sa.select(sa.func.count()).select_from(q.limit(None).offset(None).subquery())).scalar_one()

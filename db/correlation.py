@@ -337,4 +337,5 @@ def drop_expired(conn: Connection) -> int:
     drop_after = conn.execute(_ROLLUP_RETENTION).scalar_one_or_none()
     if drop_after is None:
         return 0
-    return conn.execute(_DROP_EXPIRED, {"drop_after": drop_after}).scalar_one()
+    dropped: int = conn.execute(_DROP_EXPIRED, {"drop_after": drop_after}).scalar_one()
+    return dropped

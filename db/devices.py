@@ -8,7 +8,8 @@ device's clock runs ahead of the database's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
@@ -35,7 +36,7 @@ class VehicleFilters:
     soc_below: float | None = None
 
 
-def _last_seen_seconds_ago(recorded_at: sa.Column) -> sa.Label:
+def _last_seen_seconds_ago(recorded_at: sa.Column[datetime]) -> sa.Label[float]:
     return sa.cast(sa.extract("epoch", sa.func.now() - recorded_at), sa.Float(precision=53)).label(
         "last_seen_seconds_ago"
     )
@@ -48,7 +49,7 @@ def _can_exist(device_id: str) -> bool:
 
 
 def _common_filters(
-    id_column: sa.Column, recorded_at: sa.Column, id_prefix: str | None, silent_for_minutes: int | None
+    id_column: sa.Column[str], recorded_at: sa.Column[datetime], id_prefix: str | None, silent_for_minutes: int | None
 ) -> list[sa.ColumnElement[bool]]:
     clauses: list[sa.ColumnElement[bool]] = []
     if id_prefix is not None:
@@ -61,8 +62,8 @@ def _common_filters(
 
 def _page(
     conn: Connection,
-    query: sa.Select,
-    id_column: sa.Column,
+    query: sa.Select[Any],
+    id_column: sa.Column[str],
     where: list[sa.ColumnElement[bool]],
     limit: int,
     offset: int,

@@ -93,7 +93,8 @@ def get_runs(conn: Connection, names: list[str] | None = None) -> dict[str, JobR
 
 def db_now(conn: Connection) -> datetime:
     """The database's clock (all due times are judged by it, never by a scheduler's own clock)."""
-    return conn.execute(_NOW).scalar_one()
+    now: datetime = conn.execute(_NOW).scalar_one()
+    return now
 
 
 def is_due(run: JobRun | None, every: timedelta, now: datetime) -> bool:

@@ -12,6 +12,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
@@ -130,7 +131,7 @@ def find_active_key(conn: Connection, plaintext: str) -> ApiKey | None:
     return _to_key(row)
 
 
-def _to_key(row: Row) -> ApiKey:
+def _to_key(row: Row[*tuple[Any, ...]]) -> ApiKey:
     return ApiKey(
         id=row.id,
         name=row.name,

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from db.correlation import INVALIDATION_MARGIN
+from db.edition import COMMUNITY_SQL
 from db.errors import Conflict
 from db.schema import vehicle_meter_mapping
 
@@ -51,7 +52,9 @@ _INVALIDATE_FROM = sa.text(
                            time_bucket(INTERVAL '1 hour', clock_timestamp() - CAST(:margin AS interval))
                            - INTERVAL '1 hour',
                            INTERVAL '1 hour') AS bucket
-     WHERE current_setting('timescaledb.license') = 'timescale'
+     WHERE """
+    + COMMUNITY_SQL
+    + """
     ON CONFLICT DO NOTHING
     """
 )

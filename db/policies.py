@@ -119,7 +119,9 @@ class PolicyChange:
 
     def applied_to(self, windows: Windows) -> Windows:
         """`windows` with this change applied."""
-        return replace(windows, **self.as_dict())
+        # The names are Windows' timedelta settings; mypy cannot tie a dict's keys to the fields they fill.
+        settings: dict[str, Any] = self.as_dict()
+        return replace(windows, **settings)
 
 
 #: The `fleet policies set` flag of each setting, to name it in messages.
@@ -454,15 +456,15 @@ def apply_plan(conn: Connection, info: EditionInfo, plan: PolicyPlan) -> None:
     for new in plan.after:
         for setting, proc, key, on_rollup in _CONFIG_SETTINGS:
             relation = new.rollup if on_rollup else new.hypertable
-            c = by_key.get((relation, setting))
-            if c is None:
+            change = by_key.get((relation, setting))
+            if change is None:
                 continue
             if find_job(jobs, proc, relation) is not None:
-                conn.execute(_ALTER_CONFIG, {"path": [key], "value": c.after, "relation": relation, "proc": proc})
+                conn.execute(_ALTER_CONFIG, {"path": [key], "value": change.after, "relation": relation, "proc": proc})
             elif proc == POLICY_RETENTION:
-                conn.execute(_ADD_RETENTION, {"relation": relation, "value": c.after})
+                conn.execute(_ADD_RETENTION, {"relation": relation, "value": change.after})
             elif proc == POLICY_COMPRESSION:
-                conn.execute(_ADD_COMPRESSION, {"relation": relation, "value": c.after})
+                conn.execute(_ADD_COMPRESSION, {"relation": relation, "value": change.after})
         every = by_key.get((new.rollup, "refresh_every"))
         refresh_changed = any((new.rollup, s) in by_key for s in ("refresh_start", "refresh_end", "refresh_every"))
         if find_job(jobs, POLICY_REFRESH, new.rollup) is not None:

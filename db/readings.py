@@ -6,7 +6,7 @@ readings actually stored move current state, and only forwards (an older reading
 one). Rows are sorted by device so concurrent batches lock current-state rows in the same order. On the
 Community edition a reading that arrives after its hour's correlation may have been materialised also logs that
 vehicle hour for recomputation (db/correlation.py); in the normal flow no row qualifies and that part costs a
-filter.
+filter. The edition is checked inside the statement (db.edition.COMMUNITY_SQL), not in a round trip of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.engine import Connection
 
 from db.correlation import INVALIDATION_MARGIN, OFFSET_SEARCH_SECONDS
+from db.edition import COMMUNITY_SQL
 
 _METER_DUAL_WRITE = sa.text(
     """
@@ -58,7 +59,9 @@ _METER_DUAL_WRITE = sa.text(
          WHERE s.recorded_at < time_bucket(INTERVAL '1 hour', clock_timestamp() - CAST(:margin AS interval))
                                + make_interval(secs => :search_s)
            AND h.bucket < time_bucket(INTERVAL '1 hour', clock_timestamp() - CAST(:margin AS interval))
-           AND current_setting('timescaledb.license') = 'timescale'
+           AND """
+    + COMMUNITY_SQL
+    + """
         ON CONFLICT DO NOTHING
     )
     SELECT (SELECT count(*) FROM stored) AS stored, (SELECT count(*) FROM newest) AS current_updated
@@ -95,7 +98,9 @@ _VEHICLE_DUAL_WRITE = sa.text(
         SELECT DISTINCT vehicle_id, time_bucket(INTERVAL '1 hour', recorded_at)
           FROM stored
          WHERE recorded_at < time_bucket(INTERVAL '1 hour', clock_timestamp() - CAST(:margin AS interval))
-           AND current_setting('timescaledb.license') = 'timescale'
+           AND """
+    + COMMUNITY_SQL
+    + """
         ON CONFLICT DO NOTHING
     )
     SELECT (SELECT count(*) FROM stored) AS stored, (SELECT count(*) FROM newest) AS current_updated
@@ -112,7 +117,8 @@ def _driver_sql(statement: sa.TextClause) -> str:
     processing (there is none to do: the parameters are plain lists) but still wraps driver errors and notices a
     lost connection. Measured on one connection, client CPU per single-reading dual write: 490-590 us as
     `execute(text)`, 400 us as `exec_driver_sql`."""
-    return str(statement.compile(dialect=postgresql_psycopg.dialect()))
+    dialect = postgresql_psycopg.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves it unannotated
+    return str(statement.compile(dialect=dialect))
 
 
 _METER_DUAL_WRITE_SQL = _driver_sql(_METER_DUAL_WRITE)

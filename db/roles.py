@@ -15,7 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
+import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine import Connection
@@ -99,7 +101,7 @@ def validate_password(password: str) -> None:
 
 def scram_verifier(conn: Connection, name: str, password: str) -> str:
     """The SCRAM-SHA-256 verifier of `password` for role `name`, computed by libpq on this side."""
-    pgconn = conn.connection.driver_connection.pgconn  # type: ignore[union-attr]
+    pgconn = _driver(conn).pgconn
     return pgconn.encrypt_password(password.encode("utf-8"), name.encode("utf-8"), b"scram-sha-256").decode("ascii")
 
 
@@ -178,22 +180,29 @@ def revoke_login(conn: Connection, name: str) -> int:
     role = sql.Identifier(name)
     _execute(conn, sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(sql.Identifier(database), role))
     _execute(conn, sql.SQL("DROP ROLE {}").format(role))
-    return existing["oid"]
+    oid: int = existing["oid"]
+    return oid
 
 
 def terminate_sessions(conn: Connection, role_oid: int) -> int:
     """End the sessions still open under a dropped role (by its oid); returns how many were ended."""
-    return conn.execute(
+    ended: int = conn.execute(
         sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usesysid = :oid"),
         {"oid": role_oid},
     ).scalar_one()
+    return ended
 
 
-def _execute(conn: Connection, statement: sql.Composable) -> None:
+def _driver(conn: Connection) -> psycopg.Connection[Any]:
+    # Every engine is reached through psycopg 3 (postgresql+psycopg://); SQLAlchemy types the driver's
+    # connection as any DBAPI connection, or None once the pooled connection is detached (never here).
+    return cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+
+
+def _execute(conn: Connection, statement: sql.Composed) -> None:
     # Through the driver: the statement is composed by psycopg (identifiers and literals quoted by it), and
     # runs in the transaction the SQLAlchemy connection already has open.
-    driver = conn.connection.driver_connection
-    driver.execute(statement)  # type: ignore[union-attr]
+    _driver(conn).execute(statement)
 
 
 def _to_login(row: sa.RowMapping) -> AnalystLogin:

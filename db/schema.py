@@ -21,7 +21,7 @@ metadata = sa.MetaData(
 )
 
 
-def _device_id(name: str) -> sa.Column:
+def _device_id(name: str) -> sa.Column[str]:
     return sa.Column(name, sa.Text, nullable=False)
 
 

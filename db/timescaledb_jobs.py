@@ -192,24 +192,25 @@ def scheduler_health(conn: Connection, info: EditionInfo, jobs: list[TimescaleJo
     probe = next((j for j in (jobs if jobs is not None else list_jobs(conn)) if j.is_probe), None)
     if probe is None:
         return SchedulerHealth("unknown", f"no probe job ({PROBE_PROC}): judged by each job's own runs")
-    fields = {
-        "probe_job_id": probe.job_id,
-        "probe_last_status": probe.last_run_status,
-        "probe_last_started_at": probe.last_run_started_at,
-        "probe_last_success_at": probe.last_successful_finish,
-        "probe_last_error": probe.last_error if probe.last_run_status == "Failed" else None,
-    }
+
+    def judged(state: HealthState, reason: str) -> SchedulerHealth:
+        return SchedulerHealth(
+            state,
+            reason,
+            probe_job_id=probe.job_id,
+            probe_last_status=probe.last_run_status,
+            probe_last_started_at=probe.last_run_started_at,
+            probe_last_success_at=probe.last_successful_finish,
+            probe_last_error=probe.last_error if probe.last_run_status == "Failed" else None,
+        )
+
     if not probe.scheduled:
-        return SchedulerHealth(
-            "unknown", f"the probe job {probe.job_id} is paused: judged by each job's own runs", **fields
-        )
+        return judged("unknown", f"the probe job {probe.job_id} is paused: judged by each job's own runs")
     if probe.last_run_status == "Failed":
-        return SchedulerHealth(
-            "failing", f"TimescaleDB's runs fail (probe job {probe.job_id}: {probe.last_error or 'failed'})", **fields
-        )
+        return judged("failing", f"TimescaleDB's runs fail (probe job {probe.job_id}: {probe.last_error or 'failed'})")
     if probe.last_run_status == "Success":
-        return SchedulerHealth("healthy", f"TimescaleDB's runs succeed (probe job {probe.job_id})", **fields)
-    return SchedulerHealth("unknown", f"the probe job {probe.job_id} has not run yet", **fields)
+        return judged("healthy", f"TimescaleDB's runs succeed (probe job {probe.job_id})")
+    return judged("unknown", f"the probe job {probe.job_id} has not run yet")
 
 
 def list_jobs(conn: Connection) -> list[TimescaleJob]:

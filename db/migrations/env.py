@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
+from sqlalchemy.schema import SchemaItem
 
 from db.schema import metadata
 
@@ -25,10 +26,12 @@ _LOCK_SQL = sa.text("SELECT pg_advisory_lock(hashtext('fleet-alembic'))")
 _UNLOCK_SQL = sa.text("SELECT pg_advisory_unlock(hashtext('fleet-alembic'))")
 
 
-def _include_object(obj, name, type_, reflected, compare_to) -> bool:
+def _include_object(
+    obj: SchemaItem, name: str | None, type_: str, reflected: bool, compare_to: SchemaItem | None
+) -> bool:
     # TimescaleDB's own objects (chunks, materialization tables) live in its schemas; continuous aggregates
     # and the joined view are views, which autogenerate does not compare. Nothing else needs filtering.
-    return not (type_ == "table" and reflected and compare_to is None and name.startswith("_"))
+    return not (type_ == "table" and reflected and compare_to is None and (name or "").startswith("_"))
 
 
 def _run(connection: Connection) -> None:
