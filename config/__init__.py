@@ -10,6 +10,7 @@ This package imports neither Flask nor SQLAlchemy: the CLI and the jobs load it 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -58,74 +59,34 @@ def setting(
     return field(metadata={"env": EnvVar(name, parse, default, " ".join(doc.split()), default_text)})
 
 
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
+N = TypeVar("N", int, float)
 
 
-def _port(raw: str) -> int:
-    value = int(raw)
-    if not 0 < value < 65536:
-        raise ValueError("must be a TCP port (1-65535)")
-    return value
+def _in_range(
+    cast: Callable[[str], N], low: float, high: float, error: str, *, above: bool = False
+) -> Callable[[str], N]:
+    """A parser of one number in [low, high] ((low, high] with `above`); `high` inf means any finite number.
+    Comparisons with nan are false, so nan is refused too."""
+
+    def parse(raw: str) -> N:
+        value = cast(raw)
+        if not ((low < value) if above else (low <= value)) or not (value <= high and value != math.inf):
+            raise ValueError(error)
+        return value
+
+    return parse
 
 
-def _seconds(raw: str) -> float:
-    value = float(raw)
-    if not 0 <= value < float("inf"):  # also rejects nan
-        raise ValueError("must be a finite number of seconds >= 0")
-    return value
-
-
-def _fraction(raw: str) -> float:
-    value = float(raw)
-    if not 0 < value <= 1:  # also rejects nan
-        raise ValueError("must be a ratio in (0, 1], e.g. 0.85")
-    return value
-
-
-def _days(raw: str) -> int:
-    value = int(raw)
-    if not 1 <= value <= 3660:
-        raise ValueError("must be a whole number of days, 1 to 3660")
-    return value
-
-
-def _period(raw: str) -> float:
-    value = float(raw)
-    if not 1 <= value < float("inf"):  # also rejects nan
-        raise ValueError("must be a finite number of seconds >= 1")
-    return value
-
-
-def _at_least_one(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("must be a whole number >= 1")
-    return value
-
-
-def _hours(raw: str) -> int:
-    value = int(raw)
-    if not 1 <= value <= 744:
-        raise ValueError("must be a whole number of hours, 1 to 744 (31 days)")
-    return value
-
-
-def _kwh(raw: str) -> float:
-    value = float(raw)
-    if not 0 <= value < float("inf"):  # also rejects nan
-        raise ValueError("must be a finite number of kWh >= 0")
-    return value
-
-
-def _positive_kwh(raw: str) -> float:
-    value = float(raw)
-    if not 0 < value < float("inf"):  # also rejects nan
-        raise ValueError("must be a finite number of kWh > 0")
-    return value
+_positive_int = _in_range(int, 0, math.inf, "must be >= 0")
+_at_least_one = _in_range(int, 1, math.inf, "must be a whole number >= 1")
+_port = _in_range(int, 1, 65535, "must be a TCP port (1-65535)")
+_days = _in_range(int, 1, 3660, "must be a whole number of days, 1 to 3660")
+_hours = _in_range(int, 1, 744, "must be a whole number of hours, 1 to 744 (31 days)")
+_seconds = _in_range(float, 0, math.inf, "must be a finite number of seconds >= 0")
+_period = _in_range(float, 1, math.inf, "must be a finite number of seconds >= 1")
+_fraction = _in_range(float, 0, 1, "must be a ratio in (0, 1], e.g. 0.85", above=True)
+_kwh = _in_range(float, 0, math.inf, "must be a finite number of kWh >= 0")
+_positive_kwh = _in_range(float, 0, math.inf, "must be a finite number of kWh > 0", above=True)
 
 
 def _rate_limit(raw: str) -> str | None:

@@ -38,6 +38,13 @@ def test_settings_engine_port_moves_default_url_and_health_port():
         ("FLEET_DB_POOL_SIZE", "many"),
         ("FLEET_ENGINE_PORT", "70000"),
         ("FLEET_DB_POOL_TIMEOUT", "soon"),
+        ("FLEET_ENGINE_PORT", "0"),
+        ("FLEET_KEY_CACHE_SECONDS", "nan"),
+        ("FLEET_JOBS_TICK_SECONDS", "inf"),
+        ("FLEET_EFFICIENCY_ALERT_THRESHOLD", "0"),
+        ("FLEET_EFFICIENCY_ALERT_THRESHOLD", "1.01"),
+        ("FLEET_MAX_INTERVAL_KWH", "0"),
+        ("FLEET_ALERT_WINDOW_HOURS", "745"),
     ],
 )
 def test_settings_bad_value_names_the_variable(name, value):
