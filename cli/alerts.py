@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 
@@ -78,7 +79,7 @@ def alerts_scan(
     Options override the FLEET_* settings for this run only.
     """
     settings = load_settings()
-    overrides = {
+    overrides: dict[str, Any] = {
         "alert_window_hours": window_hours,
         "correlation_window_hours": correlation_window_hours,
         "efficiency_alert_threshold": threshold,

@@ -12,17 +12,15 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from types import FrameType
 from typing import Any
 
 import click
 from sqlalchemy.engine import Connection
 
 import db
-from cli.support import cli_engine, click_errors, emit, load_settings
+from cli.support import cli_engine, click_errors, emit, load_settings, on_stop_signals
 from config import Settings
 from db import correlation, edition, job_runs, policies
 from db import timescaledb_jobs as tsjobs
@@ -484,8 +482,9 @@ def policies_set(
         human = "nothing to change: these settings are already in force"
     else:
         human = f"{verb}:\n" + "\n".join(
-            f"  {c['relation']}: {c['setting'].replace('_', ' ')} {c['before'] or 'none'} -> {c['after']}"
-            for c in changes
+            f"  {c.relation}: {c.setting.replace('_', ' ')} {format_interval(c.before) or 'none'}"
+            f" -> {format_interval(c.after)}"
+            for c in plan.changes
         )
     if not info.community:
         human += f"\ncompression: {policies.COMPRESSION_UNAVAILABLE}"
@@ -509,23 +508,18 @@ def _outcome_line(o: Outcome) -> str:
     return f"{o.job:<22} {o.status:<10} {took:>8}  next {nxt:<25}  {detail}"
 
 
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+def _stop_after_the_current_job(stop: threading.Event) -> Callable[[int], None]:
     logger = logging.getLogger("jobs.scheduler")
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
+    def handle(signum: int) -> None:
         if stop.is_set():  # a second signal: stop now, even in the middle of a job
             raise SystemExit(128 + signum)
-        logger.warning("%s: stopping after the current job (send it again to stop at once)", name)
+        logger.warning(
+            "%s: stopping after the current job (send it again to stop at once)", signal.Signals(signum).name
+        )
         stop.set()
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    return handle
 
 
 @jobs_group.command("run")
@@ -566,5 +560,5 @@ def jobs_run(once: bool, as_json: bool) -> None:
                     click.echo(json.dumps({"holder": scheduler.holder, **o.as_dict()}))
 
     stop = threading.Event()
-    with _stop_on_signals(stop):
+    with on_stop_signals(_stop_after_the_current_job(stop)):
         scheduler.run_forever(stop, report)

@@ -3,37 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import click
 
+from cli.support import on_stop_signals
 from db import demo
 from jobs.simulator import MAX_INTERVAL, MIN_INTERVAL, FleetConfig, Simulator, SimulatorConfig, human_summary
-
-
-@contextmanager
-def _signals_stop(sim: Simulator) -> Iterator[None]:
-    """SIGINT/SIGTERM: the first stops the simulation (queued readings are still sent), the second aborts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        sim.stop(abort=sim._stop.is_set())
-
-    previous: dict[int, Callable[..., Any] | int | None] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @click.command("simulate")
@@ -125,7 +101,8 @@ def simulate_command(
         sim = Simulator(config, progress=sys.stderr)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    with _signals_stop(sim):
+    # SIGINT/SIGTERM: the first stops the simulation (queued readings are still sent), the second aborts.
+    with on_stop_signals(lambda _signum: sim.stop(abort=sim._stop.is_set())):
         summary = sim.run()
     click.echo(json.dumps(summary.as_dict(), indent=2) if as_json else human_summary(summary))
     if not summary.ok:

@@ -4,7 +4,9 @@ place where what a command's work raises becomes a click error (a message on std
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -60,6 +62,23 @@ def transaction(settings: Settings, action: str) -> Iterator[Connection]:
             yield conn
     finally:
         engine.dispose()
+
+
+@contextmanager
+def on_stop_signals(handle: Callable[[int], None]) -> Iterator[None]:
+    """Call `handle(signum)` on SIGINT and SIGTERM inside the block (the main thread only: Python delivers
+    signals there), and restore the previous handlers after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: handle(signum)) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def default_of(name: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import limits
-from limits.storage import SCHEMES as RATE_LIMIT_STORAGE_SCHEMES
+from limits.storage import SCHEMES as RATE_LIMIT_STORAGE_SCHEMES  # type: ignore[attr-defined]  # public, not in __all__
 
 T = TypeVar("T")
 
@@ -36,7 +36,7 @@ class EnvVar(Generic[T]):
     variable, or a default that depends on the engine); None: the default itself."""
 
     name: str
-    parse: Callable[[str], T]
+    parse: Callable[[str], T | None]  # None: a value that means "off" (FLEET_RATE_LIMIT=off)
     default: T | None
     doc: str
     default_text: str | None = None
@@ -53,7 +53,7 @@ class EnvVar(Generic[T]):
 
 
 def setting(
-    name: str, parse: Callable[[str], T], default: T | None, doc: str, *, default_text: str | None = None
+    name: str, parse: Callable[[str], T | None], default: T | None, doc: str, *, default_text: str | None = None
 ) -> Any:
     """Declare a `Settings` field read from the environment variable `name`."""
     return field(metadata={"env": EnvVar(name, parse, default, " ".join(doc.split()), default_text)})

@@ -116,7 +116,8 @@ class Outcome:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return policies.as_jsonable(asdict(self))
+        data: dict[str, Any] = policies.as_jsonable(asdict(self))
+        return data
 
 
 class JobUnavailable(RuntimeError):
@@ -127,7 +128,8 @@ def _stats_dict(stats: Any) -> dict[str, Any]:
     if stats is None:
         return {}
     if is_dataclass(stats) and not isinstance(stats, type):
-        return policies.as_jsonable(asdict(stats))
+        data: dict[str, Any] = policies.as_jsonable(asdict(stats))
+        return data
     return {"result": policies.as_jsonable(stats)}
 
 

@@ -107,7 +107,7 @@ def _pid_alive(pid: int) -> bool:
 def read_state(cfg: EngineConfig) -> dict[str, Any] | None:
     """The supervisor's state file, or None when no live supervisor owns the directory."""
     try:
-        state = json.loads(cfg.state_path.read_text())
+        state: dict[str, Any] = json.loads(cfg.state_path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     if not _pid_alive(int(state.get("supervisor_pid", 0))):
@@ -120,7 +120,8 @@ def health(cfg: EngineConfig, timeout: float = 2.0) -> dict[str, Any] | None:
     url = f"http://{cfg.host}:{cfg.health_port}/"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return json.loads(resp.read())
+            document: dict[str, Any] = json.loads(resp.read())
+            return document
     except (OSError, urllib.error.URLError, json.JSONDecodeError):
         return None
 
