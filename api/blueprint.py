@@ -1,4 +1,5 @@
-"""flask-smorest's Blueprint, hardened against hostile input; and the one strict JSON body parser of the API.
+"""flask-smorest's Blueprint, hardened against hostile input, for every blueprint of the API; the one strict JSON
+body parser of the API; and the listings' page sizes.
 
 Found by fuzzing (tests/integration/test_fuzz_openapi.py, test_hostile_input.py):
 - pagination: flask-smorest only asks `page >= 1`, and `page=92233720368547760` made an OFFSET beyond
@@ -26,8 +27,11 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+#: Listing page sizes (`@blp.paginate()`): the default, and the most one request may ask for.
+PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 #: Highest page number a listing accepts: far beyond any listing (a billion pages), and with the largest page
-#: size (1000) its OFFSET still fits PostgreSQL's bigint.
+#: size (MAX_PAGE_SIZE) its OFFSET still fits PostgreSQL's bigint.
 MAX_PAGE = 1_000_000_000
 
 
@@ -98,7 +102,9 @@ class _BoundedPageParser(FlaskParser):
 
 
 class Blueprint(flask_smorest.Blueprint):
-    """flask-smorest's Blueprint with the strict JSON body parser and bounded page numbers."""
+    """flask-smorest's Blueprint with the strict JSON body parser, bounded page numbers and the API's page sizes."""
 
     ARGUMENTS_PARSER = _StrictJsonParser()
     PAGINATION_ARGUMENTS_PARSER = _BoundedPageParser()
+    #: What `@blp.paginate()` uses when a listing names no sizes of its own (flask-smorest's own class attribute).
+    DEFAULT_PAGINATION_PARAMETERS = {"page": 1, "page_size": PAGE_SIZE, "max_page_size": MAX_PAGE_SIZE}  # noqa: RUF012

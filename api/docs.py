@@ -13,6 +13,10 @@ from swagger_ui_bundle import swagger_ui_path
 DOCS_PATH = "/docs"
 ASSETS_PATH = DOCS_PATH + "/assets"
 
+#: A plain Flask blueprint, the one blueprint of the app that is not api.blueprint.Blueprint (besides flask-smorest's
+#: own "api-docs", which serves the page and the document): it serves static files and a redirect, not API
+#: operations. It reads no arguments, bodies or pages (nothing for the hardened parsers to guard), and it must stay
+#: out of the OpenAPI document: registered with the Api, its routes would be listed (and fuzzed) as operations.
 blp = Blueprint("docs_assets", __name__)
 
 

@@ -1,12 +1,20 @@
-"""Field rules shared by every schema that takes a device id."""
+"""Field and schema rules shared by the API's schemas: request bodies, device ids, date-times."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import marshmallow as ma
 
 from db.schema import DEVICE_ID_MAX_LENGTH
+
+
+class BaseSchema(ma.Schema):
+    """Request bodies: an unknown field is an error, not silently dropped."""
+
+    class Meta:
+        unknown = ma.RAISE
 
 
 def printable_id(value: str) -> None:
@@ -28,3 +36,13 @@ class AwareDateTime(ma.fields.AwareDateTime):
         if isinstance(value, str) and not value.isprintable():
             raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE)
         return super()._deserialize(value, attr, data, **kwargs)
+
+
+class UtcDateTime(AwareDateTime):
+    """ISO 8601 datetime with an offset; accepted only timezone-aware, always written in UTC (the engines'
+    session time zones differ, the API's output must not)."""
+
+    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        if value is not None:
+            value = value.astimezone(UTC)
+        return super()._serialize(value, attr, obj, **kwargs)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from api.devices.schemas import UtcDateTime
-from api.fields import device_id
+from api.fields import UtcDateTime, device_id
 from db.alerts import ALERT_STATUSES
 from db.schema import ALERT_DEVICE_TYPES, ALERT_KINDS
 

@@ -5,7 +5,6 @@ from api.alerts import service
 from api.alerts.schemas import AlertQueryArgsSchema, AlertSchema
 from api.auth import require_role
 from api.blueprint import Blueprint
-from api.devices.views import MAX_PAGE_SIZE, PAGE_SIZE
 
 blp = Blueprint(
     "alerts",
@@ -21,7 +20,7 @@ class Alerts(MethodView):
     @require_role("read")
     @blp.arguments(AlertQueryArgsSchema, location="query")
     @blp.response(200, AlertSchema(many=True))
-    @blp.paginate(page_size=PAGE_SIZE, max_page_size=MAX_PAGE_SIZE)
+    @blp.paginate()
     def get(self, args, pagination_parameters):
         """Alerts, newest opened first (default: the open ones); one page (totals in the X-Pagination header)."""
         page = pagination_parameters

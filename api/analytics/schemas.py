@@ -9,7 +9,7 @@ import marshmallow as ma
 from flask import current_app
 
 from api.analytics.window import Window, WindowError, resolve_window
-from api.devices.schemas import UtcDateTime
+from api.fields import UtcDateTime
 
 #: Dates outside this range are refused (they are no reading's time, and window arithmetic must not overflow).
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)

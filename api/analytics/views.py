@@ -6,10 +6,6 @@ from api.analytics.schemas import FleetQueryArgsSchema, FleetVehicleSchema, Perf
 from api.auth import require_role
 from api.blueprint import Blueprint
 
-#: Fleet listing page sizes: the default, and the most one request may ask for.
-PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
-
 blp = Blueprint(
     "analytics",
     __name__,
@@ -38,7 +34,7 @@ class FleetPerformance(MethodView):
     @require_role("read")
     @blp.arguments(FleetQueryArgsSchema, location="query")
     @blp.response(200, FleetVehicleSchema(many=True))
-    @blp.paginate(page_size=PAGE_SIZE, max_page_size=MAX_PAGE_SIZE)
+    @blp.paginate()
     def get(self, args, pagination_parameters):
         """Per-vehicle totals and efficiency over a window, sorted and paged; flags vehicles below the threshold."""
         page = pagination_parameters

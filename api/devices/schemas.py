@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
 import marshmallow as ma
 
-from api.fields import AwareDateTime, device_id
+from api.fields import UtcDateTime, device_id
 
 #: Longest silence a listing can ask about (10 years, in minutes): far beyond any retention, and small
 #: enough that the interval cannot overflow.
 MAX_SILENT_MINUTES = 10 * 366 * 24 * 60
-
-
-class UtcDateTime(AwareDateTime):
-    """ISO 8601 datetime with an offset; accepted only timezone-aware, always written in UTC (the engines'
-    session time zones differ, the API's output must not)."""
-
-    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
-        if value is not None:
-            value = value.astimezone(UTC)
-        return super()._serialize(value, attr, obj, **kwargs)
 
 
 def _last_seen() -> ma.fields.Float:

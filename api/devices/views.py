@@ -6,10 +6,6 @@ from api.blueprint import Blueprint
 from api.devices import service
 from api.devices.schemas import MeterQueryArgsSchema, MeterStatusSchema, VehicleQueryArgsSchema, VehicleStatusSchema
 
-#: Listing page sizes: the default, and the most one request may ask for.
-PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
-
 blp = Blueprint(
     "devices", __name__, url_prefix="/v1", description="Current status of meters and vehicles; fleet listings"
 )
@@ -20,7 +16,7 @@ class Meters(MethodView):
     @require_role("read")
     @blp.arguments(MeterQueryArgsSchema, location="query")
     @blp.response(200, MeterStatusSchema(many=True))
-    @blp.paginate(page_size=PAGE_SIZE, max_page_size=MAX_PAGE_SIZE)
+    @blp.paginate()
     def get(self, args, pagination_parameters):
         """Meters ordered by id, filtered; one page (totals in the X-Pagination header)."""
         page = pagination_parameters
@@ -45,7 +41,7 @@ class Vehicles(MethodView):
     @require_role("read")
     @blp.arguments(VehicleQueryArgsSchema, location="query")
     @blp.response(200, VehicleStatusSchema(many=True))
-    @blp.paginate(page_size=PAGE_SIZE, max_page_size=MAX_PAGE_SIZE)
+    @blp.paginate()
     def get(self, args, pagination_parameters):
         """Vehicles ordered by id, filtered; one page (totals in the X-Pagination header)."""
         page = pagination_parameters

@@ -4,30 +4,36 @@ Bounds (documented in the OpenAPI description of each field; readings outside th
 clamped): energy per reading 0..MAX_KWH_PER_READING kWh, voltage 50..1000 V, battery temperature -50..100 C,
 SoC 0..100 % (fractions allowed), ids 1..64 printable characters without spaces, timestamps with a time zone,
 no further than the clock-skew tolerance in the future and no older than the accepted age.
+
+The body is read by `readings_body`, the ingest view's stand-in for `@blp.arguments`: webargs would run every
+reading through marshmallow, which the fast path below avoids for the bodies that are plainly valid.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import marshmallow as ma
+from flask import current_app, request
+from flask_smorest import abort
 from marshmallow import validate
 
-from api.fields import AwareDateTime, device_id
+from api.auth import check_device_access
+from api.blueprint import Blueprint, loads_json, read_body
+from api.fields import AwareDateTime, BaseSchema, device_id
 from db.readings import MeterReading, VehicleReading
 from db.schema import DEVICE_ID_MAX_LENGTH
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Largest energy one reading may carry: a 350 kW charger over a one-minute interval is ~5.8 kWh; 100 kWh
 #: leaves room for longer reporting intervals while catching unit mistakes (Wh sent as kWh).
 MAX_KWH_PER_READING = 100.0
 VOLTAGE_RANGE = (50.0, 1000.0)
 BATTERY_TEMP_RANGE = (-50.0, 100.0)
-
-
-class BaseSchema(ma.Schema):
-    class Meta:
-        unknown = ma.RAISE
 
 
 class StrictFloat(ma.fields.Float):
@@ -110,10 +116,14 @@ class VehiclePayloadSchema(BaseSchema):
     timestamp = _timestamp()
 
 
+#: Each reading type and the schema of its payload.
+PAYLOAD_SCHEMAS: dict[str, type[BaseSchema]] = {"METER": MeterPayloadSchema, "VEHICLE": VehiclePayloadSchema}
+
+
 class ReadingSchema(BaseSchema):
     """One item: the envelope; its payload is checked by the schema its type names."""
 
-    type = ma.fields.String(required=True, validate=validate.OneOf(["METER", "VEHICLE"]))
+    type = ma.fields.String(required=True, validate=validate.OneOf(list(PAYLOAD_SCHEMAS)))
     payload = ma.fields.Dict(required=True)
 
 
@@ -125,8 +135,28 @@ class IngestResultSchema(ma.Schema):
     )
 
 
-_PAYLOAD_SCHEMAS = {"METER": MeterPayloadSchema(), "VEHICLE": VehiclePayloadSchema()}
+_PAYLOAD_SCHEMAS = {kind: schema() for kind, schema in PAYLOAD_SCHEMAS.items()}
 _ENVELOPE = ReadingSchema()
+
+# The OpenAPI request body: one reading or a non-empty array of them. A marshmallow field cannot say "this schema
+# or that one" (the payload), nor a schema "an object or an array", so the oneOfs are written here; their leaves
+# are the payload schemas, which apispec turns into components (MeterPayload, VehiclePayload) and references.
+_READING_DOC = {
+    "type": "object",
+    "required": ["type", "payload"],
+    "properties": {
+        "type": {"type": "string", "enum": list(PAYLOAD_SCHEMAS)},
+        "payload": {"oneOf": list(PAYLOAD_SCHEMAS.values())},
+    },
+}
+REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {"oneOf": [_READING_DOC, {"type": "array", "items": _READING_DOC, "minItems": 1}]}
+        }
+    },
+}
 
 
 class TimeWindow:
@@ -135,6 +165,11 @@ class TimeWindow:
     def __init__(self, max_future: timedelta, max_age: timedelta) -> None:
         self.max_future = max_future
         self.max_age = max_age
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> TimeWindow:
+        """The window FLEET_CLOCK_SKEW_SECONDS and FLEET_MAX_READING_AGE_DAYS describe."""
+        return cls(timedelta(seconds=settings.clock_skew_seconds), timedelta(days=settings.max_reading_age_days))
 
     def check(self, ts: datetime, now: datetime) -> str | None:
         if ts > now + self.max_future:
@@ -194,6 +229,37 @@ def load_body(body: Any, window: TimeWindow, max_items: int) -> list[MeterReadin
     if errors:
         raise ma.ValidationError(errors)
     return readings
+
+
+def readings_body(view: F) -> F:
+    """Decorator for the ingest view: the body's readings are passed to it (as `@blp.arguments` passes its
+    arguments), and documented as the request body. Nothing is stored for a body it refuses: 415 not
+    application/json, 400 malformed JSON, 413 too large, 422 invalid readings (every bad field named, by item
+    index in a batch), 403 a reading for another device than the one a device key is bound to."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return view(*args, _request_readings(), **kwargs)
+
+    documented: F = Blueprint.doc(requestBody=REQUEST_BODY)(wrapper)
+    return documented
+
+
+def _request_readings() -> list[MeterReading | VehicleReading]:
+    if request.mimetype != "application/json":
+        abort(415, message="Content-Type must be application/json")
+    try:
+        body = loads_json(read_body(request, cache=False))
+    except ValueError as exc:  # malformed, not UTF-8, nested too deeply, duplicate keys
+        abort(400, message=f"Malformed JSON: {exc}")
+    settings = current_app.extensions["fleet.settings"]
+    try:
+        batch = load_body(body, TimeWindow.from_settings(settings), settings.max_batch)
+    except ma.ValidationError as exc:
+        abort(422, message="Invalid readings; nothing was stored", errors={"json": exc.messages})
+    for reported in {r.meter_id if isinstance(r, MeterReading) else r.vehicle_id for r in batch}:
+        check_device_access(reported)  # a key bound to one device may only report for it
+    return batch
 
 
 # --- the fast path ------------------------------------------------------------------------------------------

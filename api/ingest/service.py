@@ -42,8 +42,3 @@ def ingest(engine: Engine, batch: list[MeterReading | VehicleReading]) -> Ingest
     metrics.record_ingest("vehicle", stored=vehicles_stored, duplicates=len(vehicles) - vehicles_stored)
     stored = meters_stored + vehicles_stored
     return IngestResult(received=len(batch), stored=stored, duplicates=len(batch) - stored)
-
-
-def device_ids(batch: list[MeterReading | VehicleReading]) -> set[str]:
-    """The device ids a batch reports for."""
-    return {r.meter_id if isinstance(r, MeterReading) else r.vehicle_id for r in batch}

@@ -2,15 +2,7 @@
 
 import marshmallow as ma
 
-from api.devices.schemas import UtcDateTime
-from api.fields import device_id
-
-
-class BaseSchema(ma.Schema):
-    """Request bodies: an unknown field is an error, not silently dropped."""
-
-    class Meta:
-        unknown = ma.RAISE
+from api.fields import BaseSchema, UtcDateTime, device_id
 
 
 class NewMappingSchema(BaseSchema):

@@ -3,7 +3,6 @@ from flask.views import MethodView
 
 from api.auth import require_role
 from api.blueprint import Blueprint
-from api.devices.views import MAX_PAGE_SIZE, PAGE_SIZE
 from api.mappings import service
 from api.mappings.schemas import MappingQueryArgsSchema, MappingSchema, NewMappingSchema
 
@@ -30,7 +29,7 @@ class Mappings(MethodView):
     @require_role("read")
     @blp.arguments(MappingQueryArgsSchema, location="query")
     @blp.response(200, MappingSchema(many=True))
-    @blp.paginate(page_size=PAGE_SIZE, max_page_size=MAX_PAGE_SIZE)
+    @blp.paginate()
     def get(self, args, pagination_parameters):
         """Mapping history by vehicle then validFrom, or the mappings in effect at an instant; one page."""
         page = pagination_parameters

@@ -1,8 +1,8 @@
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from api import admission
+from api.blueprint import Blueprint
 from api.ops import service
 from api.ops.schemas import HealthSchema, ReadinessSchema
 
