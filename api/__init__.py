@@ -66,7 +66,6 @@ def create_app(
     auth.init_app(app, api, settings, public=(ops.blp, metrics.blp))
     for blp in (ops.blp, ingest.blp, devices.blp, mappings.blp, analytics.blp, alerts.blp):
         api.register_blueprint(blp)
-    ingest.register_schemas(api.spec)
     metrics.init_app(app, api, settings)  # request timing, rejections, pool gauges; GET /metrics
     # Shed what queued too long, in WSGI middleware before Flask does any work; never /health, /ready, /metrics.
     # Last: it reads the routes of those blueprints from the URL map.

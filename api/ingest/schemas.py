@@ -1,7 +1,7 @@
 """The ingest contract: `{"type": "METER"|"VEHICLE", "payload": {...}}`, or a JSON array of such items.
 
 Bounds (documented in the OpenAPI description of each field; readings outside them are rejected, never
-clamped): energy per reading 0..MAX_KWH_PER_READING kWh, voltage 50..1000 V, battery temperature -50..100 C,
+clamped): energy per reading 0..FLEET_MAX_INTERVAL_KWH kWh, voltage 50..1000 V, battery temperature -50..100 C,
 SoC 0..100 % (fractions allowed), ids 1..64 printable characters without spaces, timestamps with a time zone,
 no further than the clock-skew tolerance in the future and no older than the accepted age.
 
@@ -24,14 +24,12 @@ from marshmallow import validate
 from api.auth import check_device_access
 from api.blueprint import Blueprint, loads_json, read_body
 from api.fields import AwareDateTime, BaseSchema, device_id
+from config import VARIABLES, Settings
 from db.readings import MeterReading, VehicleReading
 from db.schema import DEVICE_ID_MAX_LENGTH
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Largest energy one reading may carry: a 350 kW charger over a one-minute interval is ~5.8 kWh; 100 kWh
-#: leaves room for longer reporting intervals while catching unit mistakes (Wh sent as kWh).
-MAX_KWH_PER_READING = 100.0
 VOLTAGE_RANGE = (50.0, 1000.0)
 BATTERY_TEMP_RANGE = (-50.0, 100.0)
 
@@ -60,9 +58,14 @@ class StrictFloat(ma.fields.Float):
 #: Why an energy value is refused: a device that sends its cumulative register (the original design's own examples
 #: carry 125.5 and 105.2 kWh) must learn that a reading carries the energy of its own interval.
 _INTERVAL_ENERGY_ERROR = (
-    "must be between {min:g} and {max:g} kWh: the energy of this reading's own interval (since the device's previous"
-    " reading), not a cumulative meter register"
+    "must be between 0 and {max:g} kWh (FLEET_MAX_INTERVAL_KWH): the energy of this reading's own interval (since"
+    " the device's previous reading), not a cumulative meter register"
 )
+_ENERGY_DESCRIPTION = (
+    "kWh, 0 to FLEET_MAX_INTERVAL_KWH (default {:g}): the energy of the reading's own interval, not a register"
+).format(VARIABLES["FLEET_MAX_INTERVAL_KWH"].default)
+#: The energy field of each reading type: its upper bound is a setting, so it is checked in `load_reading`.
+_ENERGY_FIELD = {"METER": "kwhConsumedAc", "VEHICLE": "kwhDeliveredDc"}
 
 
 def _device_id(description: str) -> ma.fields.String:
@@ -84,8 +87,8 @@ class MeterPayloadSchema(BaseSchema):
     meterId = _device_id("Smart meter id")
     kwhConsumedAc = StrictFloat(
         required=True,
-        validate=validate.Range(0, MAX_KWH_PER_READING, error=_INTERVAL_ENERGY_ERROR),
-        metadata={"description": f"AC energy drawn in the reporting interval, kWh (0-{MAX_KWH_PER_READING:g})"},
+        validate=validate.Range(min=0),
+        metadata={"description": f"AC energy drawn in the reporting interval, {_ENERGY_DESCRIPTION}"},
     )
     voltage = StrictFloat(
         required=True,
@@ -102,8 +105,8 @@ class VehiclePayloadSchema(BaseSchema):
     )
     kwhDeliveredDc = StrictFloat(
         required=True,
-        validate=validate.Range(0, MAX_KWH_PER_READING, error=_INTERVAL_ENERGY_ERROR),
-        metadata={"description": f"DC energy into the battery in the interval, kWh (0-{MAX_KWH_PER_READING:g})"},
+        validate=validate.Range(min=0),
+        metadata={"description": f"DC energy into the battery in the interval, {_ENERGY_DESCRIPTION}"},
     )
     batteryTemp = StrictFloat(
         required=True,
@@ -159,17 +162,25 @@ REQUEST_BODY = {
 }
 
 
-class TimeWindow:
-    """Which reading timestamps are accepted, relative to the server's clock."""
+class ReadingBounds:
+    """The bounds that are settings: which timestamps are accepted, relative to the server's clock, and the
+    largest energy of one reading."""
 
-    def __init__(self, max_future: timedelta, max_age: timedelta) -> None:
+    def __init__(
+        self, max_future: timedelta, max_age: timedelta, max_kwh: float = VARIABLES["FLEET_MAX_INTERVAL_KWH"].default
+    ) -> None:
         self.max_future = max_future
         self.max_age = max_age
+        self.max_kwh = max_kwh
 
     @classmethod
-    def from_settings(cls, settings: Any) -> TimeWindow:
-        """The window FLEET_CLOCK_SKEW_SECONDS and FLEET_MAX_READING_AGE_DAYS describe."""
-        return cls(timedelta(seconds=settings.clock_skew_seconds), timedelta(days=settings.max_reading_age_days))
+    def from_settings(cls, settings: Settings) -> ReadingBounds:
+        """The bounds FLEET_CLOCK_SKEW_SECONDS, FLEET_MAX_READING_AGE_DAYS and FLEET_MAX_INTERVAL_KWH set."""
+        return cls(
+            timedelta(seconds=settings.clock_skew_seconds),
+            timedelta(days=settings.max_reading_age_days),
+            settings.max_interval_kwh,
+        )
 
     def check(self, ts: datetime, now: datetime) -> str | None:
         if ts > now + self.max_future:
@@ -179,17 +190,24 @@ class TimeWindow:
         return None
 
 
-def load_reading(item: Any, window: TimeWindow, now: datetime) -> MeterReading | VehicleReading:
+def load_reading(item: Any, bounds: ReadingBounds, now: datetime) -> MeterReading | VehicleReading:
     """Validate one item; raises ValidationError with messages keyed by field (payload fields nested)."""
     if not isinstance(item, dict):
         raise ma.ValidationError({"_schema": ["Must be an object with 'type' and 'payload'."]})
     envelope = _ENVELOPE.load(item)
     kind = envelope["type"]
+    energy_field = _ENERGY_FIELD[kind]
+    energy = envelope["payload"].get(energy_field)
+    # Checked beside the schema, so that a reading with other bad fields names this one too.
+    too_much = type(energy) in (int, float) and energy > bounds.max_kwh
+    errors: dict[str, Any] = {energy_field: [_INTERVAL_ENERGY_ERROR.format(max=bounds.max_kwh)]} if too_much else {}
     try:
         payload = _PAYLOAD_SCHEMAS[kind].load(envelope["payload"])
     except ma.ValidationError as exc:
-        raise ma.ValidationError({"payload": exc.messages}) from None
-    problem = window.check(payload["timestamp"], now)
+        raise ma.ValidationError({"payload": {**exc.normalized_messages(), **errors}}) from None
+    if errors:
+        raise ma.ValidationError({"payload": errors})
+    problem = bounds.check(payload["timestamp"], now)
     if problem:
         raise ma.ValidationError({"payload": {"timestamp": [problem]}})
     ts = payload["timestamp"].astimezone(UTC)
@@ -205,14 +223,14 @@ def load_reading(item: Any, window: TimeWindow, now: datetime) -> MeterReading |
     )
 
 
-def load_body(body: Any, window: TimeWindow, max_items: int) -> list[MeterReading | VehicleReading]:
+def load_body(body: Any, bounds: ReadingBounds, max_items: int) -> list[MeterReading | VehicleReading]:
     """A single item or a batch; raises ValidationError naming each bad field (by item index in a batch)."""
     now = datetime.now(UTC)
-    fast = _load_valid_body(body, window, max_items, now)
+    fast = _load_valid_body(body, bounds, max_items, now)
     if fast is not None:
         return fast
     if isinstance(body, dict):
-        return [load_reading(body, window, now)]
+        return [load_reading(body, bounds, now)]
     if not isinstance(body, list):
         raise ma.ValidationError({"_schema": ["Body must be a reading object or an array of readings."]})
     if not body:
@@ -223,7 +241,7 @@ def load_body(body: Any, window: TimeWindow, max_items: int) -> list[MeterReadin
     errors: dict[int, Any] = {}
     for index, item in enumerate(body):
         try:
-            readings.append(load_reading(item, window, now))
+            readings.append(load_reading(item, bounds, now))
         except ma.ValidationError as exc:
             errors[index] = exc.messages
     if errors:
@@ -254,7 +272,7 @@ def _request_readings() -> list[MeterReading | VehicleReading]:
         abort(400, message=f"Malformed JSON: {exc}")
     settings = current_app.extensions["fleet.settings"]
     try:
-        batch = load_body(body, TimeWindow.from_settings(settings), settings.max_batch)
+        batch = load_body(body, ReadingBounds.from_settings(settings), settings.max_batch)
     except ma.ValidationError as exc:
         abort(422, message="Invalid readings; nothing was stored", errors={"json": exc.messages})
     for reported in {r.meter_id if isinstance(r, MeterReading) else r.vehicle_id for r in batch}:
@@ -309,7 +327,7 @@ def _plain_timestamp(value: Any, earliest: datetime, latest: datetime) -> dateti
     return ts.astimezone(UTC)
 
 
-def _plain_reading(item: Any, earliest: datetime, latest: datetime) -> MeterReading | VehicleReading:
+def _plain_reading(item: Any, earliest: datetime, latest: datetime, max_kwh: float) -> MeterReading | VehicleReading:
     if type(item) is not dict or item.keys() != {"type", "payload"}:
         raise _NotPlainlyValid
     kind, p = item["type"], item["payload"]
@@ -319,7 +337,7 @@ def _plain_reading(item: Any, earliest: datetime, latest: datetime) -> MeterRead
         return MeterReading(
             _plain_id(p["meterId"]),
             _plain_timestamp(p["timestamp"], earliest, latest),
-            _number(p["kwhConsumedAc"], 0.0, MAX_KWH_PER_READING),
+            _number(p["kwhConsumedAc"], 0.0, max_kwh),
             _number(p["voltage"], *VOLTAGE_RANGE),
         )
     if kind == "VEHICLE" and (p.keys() == _VEHICLE_KEYS or p.keys() == _VEHICLE_KEYS_CHARGING):
@@ -330,7 +348,7 @@ def _plain_reading(item: Any, earliest: datetime, latest: datetime) -> MeterRead
             _plain_id(p["vehicleId"]),
             _plain_timestamp(p["timestamp"], earliest, latest),
             _number(p["soc"], 0.0, 100.0),
-            _number(p["kwhDeliveredDc"], 0.0, MAX_KWH_PER_READING),
+            _number(p["kwhDeliveredDc"], 0.0, max_kwh),
             _number(p["batteryTemp"], *BATTERY_TEMP_RANGE),
             charging,
         )
@@ -338,14 +356,14 @@ def _plain_reading(item: Any, earliest: datetime, latest: datetime) -> MeterRead
 
 
 def _load_valid_body(
-    body: Any, window: TimeWindow, max_items: int, now: datetime
+    body: Any, bounds: ReadingBounds, max_items: int, now: datetime
 ) -> list[MeterReading | VehicleReading] | None:
     """The readings of a body that is plainly valid, else None (marshmallow then decides)."""
     items = [body] if type(body) is dict else body
     if type(items) is not list or not 0 < len(items) <= max_items:
         return None
-    earliest, latest = now - window.max_age, now + window.max_future
+    earliest, latest = now - bounds.max_age, now + bounds.max_future
     try:
-        return [_plain_reading(item, earliest, latest) for item in items]
+        return [_plain_reading(item, earliest, latest, bounds.max_kwh) for item in items]
     except _NotPlainlyValid:
         return None

@@ -187,7 +187,7 @@ def self_check(batch_size: int) -> None:
     from api.ingest import schemas
 
     factory = ReadingFactory(_minute_floor(datetime.now(UTC)) - timedelta(days=2))
-    window = schemas.TimeWindow(max_future=timedelta(minutes=5), max_age=timedelta(days=30))
+    window = schemas.ReadingBounds(max_future=timedelta(minutes=5), max_age=timedelta(days=30))
     for first, count in ((0, 1), (1, 1), (123_457, batch_size)):
         parsed = schemas.load_body(json.loads(factory.body(first, count)), window, max(batch_size, 1))
         if parsed != factory.readings(first, count):

@@ -19,7 +19,7 @@ import pytest
 
 from api.ingest import schemas
 
-WINDOW = schemas.TimeWindow(max_future=timedelta(minutes=5), max_age=timedelta(days=30))
+WINDOW = schemas.ReadingBounds(max_future=timedelta(minutes=5), max_age=timedelta(days=30))
 NOW = datetime.now(UTC)
 
 

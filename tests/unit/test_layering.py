@@ -71,3 +71,16 @@ def test_no_module_outside_api_imports_api() -> None:
 def test_the_web_side_still_imports_what_it_needs() -> None:
     """The scan above looks at the right names: the API's own modules do import Flask."""
     assert "flask" in _top_level_imports(ROOT / "api" / "__init__.py")
+
+
+def test_every_api_blueprint_is_the_hardened_one() -> None:
+    """Each blueprint of the app but the docs page's static files parses bodies strictly and bounds page numbers
+    (api/blueprint.py). Building the app opens no connection: an unreachable URL is enough."""
+    from api import create_app
+    from api.blueprint import Blueprint as Hardened
+    from config import Settings
+
+    app = create_app(Settings.from_env({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}))
+    plain = sorted(name for name, blp in app.blueprints.items() if not isinstance(blp, Hardened))
+    assert len(app.blueprints) - len(plain) >= 7  # ops, ingest, devices, mappings, analytics, alerts, metrics
+    assert plain == ["api-docs", "docs_assets"]  # Swagger UI's page and files: no arguments, bodies or pages

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import marshmallow as ma
 import pytest
 
-from api.ingest.schemas import TimeWindow, load_reading
+from api.ingest.schemas import ReadingBounds, load_reading
 from db import demo
 from jobs import simulator
 from jobs.simulator import ChargerPair, DemoFleet, FleetConfig, Outgoing, build_fleet
@@ -52,7 +52,7 @@ def payloads(sent: list[tuple[float, Outgoing]], kind: str) -> dict[str, list[di
 
 def test_every_reading_passes_the_api_validation(day):
     _, sent = day
-    window = TimeWindow(max_future=timedelta(seconds=300), max_age=timedelta(days=30))
+    window = ReadingBounds(max_future=timedelta(seconds=300), max_age=timedelta(days=30))
     for t, o in sent[::5]:  # a sample: marshmallow takes ~0.1 ms a reading
         try:
             load_reading(o.item, window, datetime.fromtimestamp(WALL0 + t, UTC))
