@@ -19,6 +19,7 @@ from api import (
     metrics,
     ops,
     problems,
+    request_bounds,
 )
 from api.problems import ProblemApi
 from config import Settings
@@ -43,11 +44,14 @@ def create_app(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
     )
     app.extensions["fleet.settings"] = settings
+    by_class = request_bounds.bounds_by_class(settings)
     app.extensions["fleet.db"] = engine or db.make_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
         pool_timeout=settings.db_pool_timeout,
         connect_timeout=settings.db_connect_timeout,
+        statement_bounds=by_class["ingest"],
+        deadline_grace_ms=settings.db_deadline_grace_ms,
     )
     if read_engine is None and settings.database_read_url:
         read_engine = db.make_engine(
@@ -56,10 +60,13 @@ def create_app(
             pool_timeout=settings.db_pool_timeout,
             connect_timeout=settings.db_connect_timeout,
             read_only=True,
+            statement_bounds=by_class["status"],
+            deadline_grace_ms=settings.db_deadline_grace_ms,
         )
     app.extensions["fleet.db_read"] = read_engine or app.extensions["fleet.db"]
     docs.configure(app)
     logging_setup.init_app(app)  # X-Request-ID on every request, response and log line
+    request_bounds.init_app(app, settings)  # statement/lock timeouts and a deadline for each request's database work
     problems.init_app(app)
     api = ProblemApi(app)
     # Never rate limited: /health, /ready (no key) and /metrics (a key only if FLEET_METRICS asks for one).

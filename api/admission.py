@@ -34,22 +34,26 @@ nothing is shed.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
+import selectors
 import socket
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from api import logging_setup, metrics, problems
 from api.blueprint import Blueprint
+from api.client_io import BoundedConn
 from config import VARIABLES, Settings
 
 if TYPE_CHECKING:
@@ -212,6 +216,8 @@ class QueueTimedThreadWorker(ThreadWorker):
     FIFO queue, status p99 was 770-1,000 ms at 2 x the capacity: reads waited up to a second in the queue)."""
 
     def init_process(self) -> None:
+        settings = Settings.from_env()
+        self._io_bounds = (settings.request_read_timeout_s, settings.response_write_timeout_s)
         self._lanes_lock = threading.Lock()
         self._reads: deque[Any] = deque()
         self._ingest: deque[Any] = deque()
@@ -219,14 +225,36 @@ class QueueTimedThreadWorker(ThreadWorker):
         super().init_process()
 
     def enqueue_req(self, conn: Any) -> None:
+        if type(conn) is TConn:  # a new connection: its requests get the client's time bounds (api/client_io.py)
+            conn.__class__ = BoundedConn
+            conn.fleet_io_bounds = self._io_bounds
+        head = arrived_head(conn)
+        if head is not None and not head.complete and not self.cfg.is_ssl:
+            self._await_head(conn)
+            return
+        conn.fleet_head_since = None
         conn.fleet_queued_at = time.monotonic()
         QUEUE.queued()
         if self._ingest_lines is None:
             self._ingest_lines = _ingest_request_lines(self.wsgi)
-        (self._ingest if _is_ingest(conn, self._ingest_lines) else self._reads).append(conn)
+        is_ingest = head is None or not self._ingest_lines or head.data.startswith(self._ingest_lines)
+        (self._ingest if is_ingest else self._reads).append(conn)
         # One task per queued connection: each takes the connection due next, reads first.
         fs = self.tpool.submit(self._handle_next)
         fs.add_done_callback(lambda fut: self.method_queue.defer(self._finish_next, fut))
+
+    def _await_head(self, conn: Any) -> None:
+        """Wait in the poller, without a thread, until the request's head has arrived: a slowloris client (a
+        byte now and then) holds no thread. Closed by gthread's pending sweep at FLEET_REQUEST_READ_TIMEOUT_S
+        after its first byte was seen."""
+        now = time.monotonic()
+        since = getattr(conn, "fleet_head_since", None)
+        if since is None:
+            conn.fleet_head_since = since = now
+        conn.sock.setblocking(False)
+        conn.timeout = since + self._io_bounds[0]
+        self.pending_conns.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, functools.partial(self.on_pending_socket_readable, conn))
 
     def _handle_next(self) -> tuple[Any, _Finished]:
         with self._lanes_lock:  # there are at least as many connections queued as tasks taking one
@@ -258,15 +286,32 @@ def _ingest_request_lines(app: Any) -> tuple[bytes, ...]:
     return tuple(b"POST " + path.encode() + end for path in sorted(paths) for end in (b" ", b"?"))
 
 
-def _is_ingest(conn: Any, request_lines: tuple[bytes, ...]) -> bool:
-    """Whether the request waiting on `conn` is an ingest request (peeked at, left on the socket)."""
-    if not request_lines:
-        return True
+#: Bytes of a request's start peeked at: its request line and headers. A head that fills them is left to gunicorn's
+#: own limits (limit_request_line, limit_request_fields).
+HEAD_PEEK_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class _Head:
+    data: bytes
+    complete: bool  # the blank line that ends the headers has arrived (or the peer closed, or the peek is full)
+
+
+def arrived_head(conn: Any) -> _Head | None:
+    """What has arrived of the request waiting on gthread connection `conn`, left on the socket; None when it
+    cannot be told (the peer is gone: gunicorn finds out)."""
+    unreader = getattr(getattr(conn, "parser", None), "unreader", None)
+    buffered = unreader.buf.getvalue() if unreader is not None and hasattr(unreader, "buf") else b""
+    if buffered:  # read ahead with the previous request's body: no longer on the socket
+        return _Head(buffered, complete=True)
     try:
-        start = conn.sock.recv(max(map(len, request_lines)), socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except OSError:  # nothing there yet (or the peer is gone): the ingest queue, gunicorn will find out
-        return True
-    return start.startswith(request_lines)
+        data = conn.sock.recv(HEAD_PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return _Head(b"", complete=False)
+    except OSError:
+        return None
+    complete = not data or b"\n\r\n" in data or b"\n\n" in data or len(data) >= HEAD_PEEK_BYTES
+    return _Head(data, complete)
 
 
 #: A worker logs how many requests it shed at most this often.

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
+from api.client_io import RequestReadTimeout
 from db import errors
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,10 @@ def init_app(app: Flask) -> None:
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
 
+    def read_timeout(exc: RequestReadTimeout) -> Any:
+        return _problem(408, "Request Timeout", f"{exc}: send the whole request in time", {"Connection": "close"})
+
+    app.register_error_handler(RequestReadTimeout, read_timeout)
     app.register_error_handler(errors.NotFound, not_found)
     app.register_error_handler(errors.Conflict, conflict)
     app.register_error_handler(OperationalError, database_unavailable)

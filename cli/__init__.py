@@ -62,6 +62,7 @@ def _engine_config(settings: Settings) -> embedded.EngineConfig:
         host=settings.engine_host,
         port=settings.engine_port,
         health_port=settings.engine_health_port,
+        stall_seconds=settings.engine_stall_seconds,
     )
 
 

@@ -194,9 +194,10 @@ class Settings:
     )
     db_pool_timeout: float = setting(
         "FLEET_DB_POOL_TIMEOUT",
-        float,
-        30.0,
-        "Seconds to wait for a pooled connection (and for the embedded engine's single connection slot).",
+        _seconds,
+        5.0,
+        """Seconds a request waits for a pooled connection before it answers 503 (gunicorn's threads per worker
+        are fewer than the pool's connections, so the API waits only when connections leak or hang).""",
     )
     db_connect_timeout: int | None = setting(
         "FLEET_DB_CONNECT_TIMEOUT",
@@ -210,6 +211,59 @@ class Settings:
         while the database is down: after a failed connect, one thread at a time tries again and the others get
         their 503 at once.""",
         default_text="`3` with a pool, `60` without",
+    )
+
+    # --- bounded time per request class (db/deadlines.py) ----------------------------------------------------
+    ingest_statement_timeout_ms: int = setting(
+        "FLEET_INGEST_STATEMENT_TIMEOUT_MS",
+        _positive_int,
+        2000,
+        """PostgreSQL statement_timeout of ingest (and API key lookups), milliseconds; the connections' default,
+        so the ingest path pays nothing to set it. A statement cancelled by it answers 503 with Retry-After; a
+        retried reading is stored once. 0: none.""",
+    )
+    ingest_lock_timeout_ms: int = setting(
+        "FLEET_INGEST_LOCK_TIMEOUT_MS",
+        _positive_int,
+        1000,
+        """lock_timeout of ingest, milliseconds: a write queued behind a lock (a hand-run migration holding a hot
+        table) fails fast with 503 instead of queueing every device behind it. 0: none.""",
+    )
+    status_statement_timeout_ms: int = setting(
+        "FLEET_STATUS_STATEMENT_TIMEOUT_MS",
+        _positive_int,
+        2000,
+        "statement_timeout of device status and listings, and of /ready's probe, milliseconds. 0: none.",
+    )
+    status_lock_timeout_ms: int = setting(
+        "FLEET_STATUS_LOCK_TIMEOUT_MS", _positive_int, 1000, "lock_timeout of status and listings, milliseconds."
+    )
+    analytics_statement_timeout_ms: int = setting(
+        "FLEET_ANALYTICS_STATEMENT_TIMEOUT_MS",
+        _positive_int,
+        10000,
+        """statement_timeout of analytics and alerts, milliseconds (the fleet view over 10,000 vehicles took up to
+        1.2 s under load). 0: none.""",
+    )
+    analytics_lock_timeout_ms: int = setting(
+        "FLEET_ANALYTICS_LOCK_TIMEOUT_MS", _positive_int, 1000, "lock_timeout of analytics and alerts, milliseconds."
+    )
+    admin_statement_timeout_ms: int = setting(
+        "FLEET_ADMIN_STATEMENT_TIMEOUT_MS",
+        _positive_int,
+        30000,
+        "statement_timeout of admin requests (mappings: a re-map invalidates hours of rollups), milliseconds.",
+    )
+    admin_lock_timeout_ms: int = setting(
+        "FLEET_ADMIN_LOCK_TIMEOUT_MS", _positive_int, 5000, "lock_timeout of admin requests, milliseconds."
+    )
+    db_deadline_grace_ms: int = setting(
+        "FLEET_DB_DEADLINE_GRACE_MS",
+        _positive_int,
+        1000,
+        """How long past its statement timeout a request's unit of work may wait for the database before the API
+        abandons the connection and answers 503: the bound for a database that cannot cancel anything (frozen,
+        partitioned without a reset). Milliseconds.""",
     )
 
     # --- embedded engine -------------------------------------------------------------------------------------
@@ -232,6 +286,16 @@ class Settings:
         None,
         "HTTP health port of the embedded engine; unset: FLEET_ENGINE_PORT + 1.",
         default_text="`FLEET_ENGINE_PORT + 1`",
+    )
+
+    engine_stall_seconds: float = setting(
+        "FLEET_ENGINE_STALL_SECONDS",
+        _seconds,
+        120.0,
+        """The embedded engine has no statement_timeout and no query cancel: its supervisor kills and restarts it
+        (2-4 s, committed data kept) when it has not answered its health check for this many seconds, so a runaway
+        statement cannot block it forever. Keep it above the longest legitimate statement (a large refresh).
+        0: never.""",
     )
 
     # --- observability and access ----------------------------------------------------------------------------
@@ -461,6 +525,20 @@ class Settings:
         5000,
         """Accepted connections each gunicorn worker may queue; 4 x 5,000 + 4,096 holds the whole 20,000-device
         fleet at once. Cut to fit the open-file limit (each holds a file descriptor).""",
+    )
+    request_read_timeout_s: float = setting(
+        "FLEET_REQUEST_READ_TIMEOUT_S",
+        _period,
+        10.0,
+        """Seconds a client has to send a whole request (line, headers and body) once a thread has taken it; then
+        the connection is closed (408 if the app was reading the body). A total, not per read: a client dribbling
+        a byte now and then (slowloris) cannot hold a thread longer.""",
+    )
+    response_write_timeout_s: float = setting(
+        "FLEET_RESPONSE_WRITE_TIMEOUT_S",
+        _period,
+        30.0,
+        "Seconds a client has to take a response; a reader that stalls longer is disconnected.",
     )
     access_log: bool = setting(
         "FLEET_ACCESS_LOG",

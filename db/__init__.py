@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,6 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
+
+from db.deadlines import DEADLINES, KEEPALIVE_CONNECT_ARGS, StatementBounds, request_bounds
 
 #: Default connect timeouts, seconds. Pooled: a PostgreSQL server answers a connect in milliseconds, and pooled
 #: connections are made rarely (at start, after an outage), so a connect still waiting after a few seconds means
@@ -41,19 +44,30 @@ def make_engine(
     pool_timeout: float = 30.0,
     connect_timeout: int | None = None,
     read_only: bool = False,
+    statement_bounds: StatementBounds | None = None,
+    deadline_grace_ms: int | None = None,
 ) -> Engine:
     """An Engine for `url`; pool_size 0 connects per unit of work (what the one-slot embedded engine needs).
 
     The URL reaches libpq unchanged: TLS (`?sslmode=verify-full&sslrootcert=...&sslcert=...&sslkey=...`) and any
     other connection parameter are set there. `read_only` makes every session of this engine read-only, for the
     engine that reads from a replica (DATABASE_READ_URL). `connect_timeout` None: POOLED_CONNECT_TIMEOUT_S with a
-    pool, UNPOOLED_CONNECT_TIMEOUT_S without; 0 waits forever."""
+    pool, UNPOOLED_CONNECT_TIMEOUT_S without; 0 waits forever.
+
+    API engines (db/deadlines.py): `statement_bounds` are every connection's statement_timeout and lock_timeout
+    (`transaction` tightens or loosens them for a request class that differs); with `deadline_grace_ms`, a unit of
+    work done for a request (`request_bounds` set) whose answer has not come `grace` after its statement timeout
+    has its connection abandoned."""
     if connect_timeout is None:
         connect_timeout = POOLED_CONNECT_TIMEOUT_S if pool_size else UNPOOLED_CONNECT_TIMEOUT_S
+    options = _with_plan_cache_option(sa.engine.make_url(url).query.get("options"))
+    if statement_bounds is not None:
+        options = f"{options} {statement_bounds.startup_options()}"
     connect_args = {
         "connect_timeout": connect_timeout,
         "application_name": "fleet",
-        "options": _with_plan_cache_option(sa.engine.make_url(url).query.get("options")),
+        "options": options,
+        **KEEPALIVE_CONNECT_ARGS,
     }
     if pool_size == 0:
         engine = sa.create_engine(url, poolclass=NullPool, connect_args=connect_args)
@@ -69,7 +83,37 @@ def make_engine(
         _PingAfterIdle(engine, idle=PING_AFTER_IDLE_S).listen()
     if read_only:
         event.listen(engine, "connect", _set_read_only)
+    if statement_bounds is not None:
+        _ENGINE_BOUNDS[engine] = statement_bounds
+    if deadline_grace_ms is not None:
+        _RequestDeadlines(engine, grace_s=deadline_grace_ms / 1000).listen()
     return engine
+
+
+#: Each API engine's connection defaults (make_engine's statement_bounds).
+_ENGINE_BOUNDS: weakref.WeakKeyDictionary[Engine, StatementBounds] = weakref.WeakKeyDictionary()
+
+
+class _RequestDeadlines:
+    """Arms DEADLINES for each checkout made while a request is served (request_bounds set); disarms at checkin."""
+
+    def __init__(self, engine: Engine, grace_s: float) -> None:
+        self.engine = engine
+        self.grace_s = grace_s
+
+    def listen(self) -> None:
+        event.listen(self.engine, "checkout", self._checkout)
+        event.listen(self.engine, "checkin", self._checkin)
+
+    def _checkout(self, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        bounds = request_bounds.get()
+        if bounds is not None and bounds.statement_ms > 0:
+            record.info["fleet_deadline"] = DEADLINES.arm(dbapi_connection, bounds.statement_ms / 1000 + self.grace_s)
+
+    def _checkin(self, _dbapi_connection: Any, record: Any) -> None:
+        token = record.info.pop("fleet_deadline", None)
+        if token is not None:
+            DEADLINES.disarm(token)
 
 
 def _with_plan_cache_option(url_options: str | tuple[str, ...] | None) -> str:
@@ -163,8 +207,20 @@ def _set_read_only(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.commit()
 
 
+_SET_LOCAL_BOUNDS = sa.text(
+    "SELECT set_config('statement_timeout', :statement_ms, true), set_config('lock_timeout', :lock_ms, true)"
+)
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
-    """A connection inside one transaction: committed when the block ends, rolled back if it raises."""
+    """A connection inside one transaction: committed when the block ends, rolled back if it raises.
+
+    Inside an API request whose class has other bounds than the engine's connections (analytics and admin
+    requests), they are set for this transaction first: one round trip, which the ingest path never pays."""
     with engine.begin() as conn:
+        bounds = request_bounds.get()
+        default = _ENGINE_BOUNDS.get(engine)
+        if bounds is not None and default is not None and bounds != default:
+            conn.execute(_SET_LOCAL_BOUNDS, {"statement_ms": str(bounds.statement_ms), "lock_ms": str(bounds.lock_ms)})
         yield conn

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 import db
+from config.logs import redact
 from db import edition, migrate
 
 logger = logging.getLogger(__name__)
@@ -25,10 +26,11 @@ def readiness(engine: Engine) -> dict[str, Any]:
             revision = migrate.current_revision(conn)
             info = edition.describe(conn)
     except SQLAlchemyError as exc:
-        logger.warning("readiness: database unavailable: %s", type(exc.__cause__ or exc).__name__)
+        reason = _why_unavailable(exc)
+        logger.warning("readiness: database unavailable: %s", reason)
         return {
             "ready": False,
-            "database": "unavailable",
+            "database": f"unavailable: {reason}",
             "schema_revision": None,
             "schema_head": head,
             "edition": None,
@@ -43,3 +45,11 @@ def readiness(engine: Engine) -> dict[str, Any]:
         "schema_head": head,
         "edition": asdict(info),
     }
+
+
+def _why_unavailable(exc: SQLAlchemyError) -> str:
+    """The driver's first line (refused, timed out, cancelled by statement_timeout, abandoned after its deadline),
+    with any password masked."""
+    cause = getattr(exc, "orig", None) or exc.__cause__ or exc
+    first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return redact(f"{type(cause).__name__}: {first_line}")[:300]

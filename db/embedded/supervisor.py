@@ -41,6 +41,9 @@ DATA_SUBDIR = "pgdata"
 MAX_RESTARTS = 10
 RESTART_WINDOW_S = 60.0
 STOP_GRACE_S = 30.0
+#: Seconds between two health probes of a running engine (and each probe's timeout); before its first answer.
+HEALTH_PROBE_EVERY_S = 1.0
+STARTUP_PROBE_EVERY_S = 0.1
 
 
 class EngineError(RuntimeError):
@@ -56,6 +59,9 @@ class EngineConfig:
     port: int = 5499
     health_port: int = 5500
     node: str = "node"
+    #: Seconds the engine may go without answering its health check once it has answered: then it is killed and
+    #: restarted (see _Supervisor._wait_child); 0: never.
+    stall_seconds: float = 120.0
 
     @property
     def data_dir(self) -> Path:
@@ -82,6 +88,7 @@ class EngineStatus:
     supervisor_pid: int | None = None
     node_pid: int | None = None
     restarts: int = 0
+    stalls: int = 0  # restarts that were kills of a stalled engine
     database_url: str | None = None
     health: dict[str, Any] | None = None
 
@@ -136,6 +143,7 @@ def status(cfg: EngineConfig) -> EngineStatus:
         supervisor_pid=state["supervisor_pid"],
         node_pid=state.get("node_pid"),
         restarts=state.get("restarts", 0),
+        stalls=state.get("stalls", 0),
         database_url=cfg.database_url,
         health=health(cfg),
     )
@@ -167,6 +175,7 @@ def start(cfg: EngineConfig, timeout: float = 120.0) -> EngineStatus:
             sys.executable, "-m", "db.embedded.supervisor", "supervise", "--detach",
             "--dir", str(cfg.directory), "--host", cfg.host,
             "--port", str(cfg.port), "--health-port", str(cfg.health_port), "--node", cfg.node,
+            "--stall-seconds", str(cfg.stall_seconds),
         ]  # fmt: skip
         with cfg.log_path.open("ab") as log:
             subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, check=True, timeout=30)
@@ -209,6 +218,7 @@ class _Supervisor:
         self.stopping = False
         self.child: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.stalls = 0
         self.recent_starts: list[float] = []
 
     def _write_state(self) -> None:
@@ -216,6 +226,7 @@ class _Supervisor:
             "supervisor_pid": os.getpid(),
             "node_pid": self.child.pid if self.child else None,
             "restarts": self.restarts,
+            "stalls": self.stalls,
             "host": self.cfg.host,
             "port": self.cfg.port,
             "health_port": self.cfg.health_port,
@@ -266,12 +277,39 @@ class _Supervisor:
             self.cfg.state_path.unlink(missing_ok=True)
 
     def _wait_child(self) -> int:
+        """Wait for Node to exit; kill it when it stalls.
+
+        The embedded engine has no statement_timeout and no query cancel, and PGlite runs a statement on Node's
+        only thread: a runaway statement (an analyst's cross join, a query without its WHERE) blocks every client
+        until it ends, and the health server with them. Once the engine has answered its health check, a silence of
+        `stall_seconds` kills it (SIGKILL: a blocked event loop handles no SIGTERM) and the loop restarts it, in
+        2-4 s, with every committed transaction (PGlite's data survived kill -9 in trials); the runaway
+        statement's transaction, and any open one, is rolled back. The API's own client-side bound
+        (db/deadlines.py) has already answered the clients waiting on it. A statement that took the engine before
+        the supervisor's first probe answered (within 0.1 s of the engine's start) is not caught."""
         assert self.child is not None
+        answered_at: float | None = None
         while True:
+            # Until its first answer, probed often: a start takes seconds (a data directory with a long WAL to
+            # replay, minutes) and is never judged a stall, so the first answer must not be missed.
+            every = HEALTH_PROBE_EVERY_S if answered_at is not None else STARTUP_PROBE_EVERY_S
             try:
-                return self.child.wait()
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                return self.child.wait(timeout=every)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.cfg.stall_seconds <= 0 or self.stopping:
                 continue
+            now = time.monotonic()
+            if health(self.cfg, timeout=HEALTH_PROBE_EVERY_S) is not None:
+                answered_at = time.monotonic()
+            elif answered_at is not None and now - answered_at >= self.cfg.stall_seconds:
+                logger.error(
+                    "engine stalled: no health answer for %.0f s (a runaway statement?); killing it to restart",
+                    now - answered_at,
+                )
+                self.stalls += 1
+                self._write_state()
+                self.child.kill()
 
     def _stop_child(self) -> None:
         if not self.child or self.child.poll() is not None:
@@ -307,6 +345,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=5499)
     parser.add_argument("--health-port", type=int, default=5500)
     parser.add_argument("--node", default="node")
+    parser.add_argument("--stall-seconds", type=float, default=EngineConfig.stall_seconds)
     parser.add_argument("--detach", action="store_true", help="fork into a new session and return at once")
     args = parser.parse_args(argv)
     if args.detach and os.fork() > 0:
@@ -316,7 +355,7 @@ def _main(argv: list[str]) -> int:
     if args.detach:
         os.setsid()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s supervisor: %(message)s")
-    cfg = EngineConfig(args.dir, args.host, args.port, args.health_port, args.node)
+    cfg = EngineConfig(args.dir, args.host, args.port, args.health_port, args.node, args.stall_seconds)
     return supervise(cfg)
 
 
