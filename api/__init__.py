@@ -19,6 +19,7 @@ from api import (
     metrics,
     ops,
     problems,
+    read_routing,
     request_bounds,
 )
 from api.problems import ProblemApi
@@ -31,7 +32,8 @@ def create_app(
     """Application factory; tests pass their own settings and engines.
 
     Two engines: "fleet.db" (the primary: writes, key lookups, mappings, readiness) and "fleet.db_read" (status,
-    listings, analytics, alerts): a replica's when DATABASE_READ_URL is set, else the same engine."""
+    listings, analytics, alerts): a replica's when DATABASE_READ_URL is set, else the same engine. Reads take
+    theirs from api.read_routing.read_engine(): the primary while the replica is down or lagging."""
     settings = settings or Settings.from_env()
     logging_setup.configure_logging(settings.log_level)  # once per process: gunicorn's master already did
     app = Flask(__name__)
@@ -64,6 +66,16 @@ def create_app(
             deadline_grace_ms=settings.db_deadline_grace_ms,
         )
     app.extensions["fleet.db_read"] = read_engine or app.extensions["fleet.db"]
+    read_routing.init_app(
+        app,
+        read_routing.ReadRouter(
+            app.extensions["fleet.db"],
+            read_engine,
+            max_lag_s=settings.read_replica_max_lag_s,
+            fallback=settings.read_replica_fallback,
+            check_every_s=settings.read_replica_check_s,
+        ),
+    )
     docs.configure(app)
     logging_setup.init_app(app)  # X-Request-ID on every request, response and log line
     request_bounds.init_app(app, settings)  # statement/lock timeouts and a deadline for each request's database work

@@ -375,7 +375,8 @@ def _exposition(engine: Engine | None = None) -> Response:
     return Response(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-blp = Blueprint("metrics", __name__, description="Prometheus metrics")
+# Not strict about the query string: prometheus_client's exposition takes `name[]` filters.
+blp = Blueprint("metrics", __name__, description="Prometheus metrics", strict_query=False)
 
 
 @blp.route("/metrics")

@@ -84,6 +84,7 @@ _days = _in_range(int, 1, 3660, "must be a whole number of days, 1 to 3660")
 _hours = _in_range(int, 1, 744, "must be a whole number of hours, 1 to 744 (31 days)")
 _seconds = _in_range(float, 0, math.inf, "must be a finite number of seconds >= 0")
 _period = _in_range(float, 1, math.inf, "must be a finite number of seconds >= 1")
+_positive_seconds = _in_range(float, 0, math.inf, "must be a finite number of seconds > 0", above=True)
 _fraction = _in_range(float, 0, 1, "must be a ratio in (0, 1], e.g. 0.85", above=True)
 _kwh = _in_range(float, 0, math.inf, "must be a finite number of kWh >= 0")
 _positive_kwh = _in_range(float, 0, math.inf, "must be a finite number of kWh > 0", above=True)
@@ -122,6 +123,13 @@ def _metrics_access(raw: str) -> str:
     value = raw.strip().lower()
     if value not in METRICS_ACCESS:
         raise ValueError(f"must be one of {', '.join(METRICS_ACCESS)}")
+    return value
+
+
+def _read_fallback(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("primary", "unavailable"):
+        raise ValueError("must be primary or unavailable")
     return value
 
 
@@ -183,6 +191,27 @@ class Settings:
         mappings, API key lookups (a revoked key must stop working at once, not after the replica catches up),
         /ready and the CLI stay on DATABASE_URL. Reads lag the primary by the replica's replay delay.""",
         default_text="unset (everything on `DATABASE_URL`)",
+    )
+    read_replica_max_lag_s: float = setting(
+        "FLEET_READ_REPLICA_MAX_LAG_S",
+        _seconds,
+        30.0,
+        """With DATABASE_READ_URL: a replica whose replay is further behind than this many seconds is not read from
+        until it catches up (api/read_routing.py).""",
+    )
+    read_replica_fallback: str = setting(
+        "FLEET_READ_REPLICA_FALLBACK",
+        _read_fallback,
+        "primary",
+        """With DATABASE_READ_URL, while the replica is down or lagging: `primary` reads from the primary (more
+        load there, fresh data), `unavailable` answers reads 503 with Retry-After (the primary is kept for
+        ingest).""",
+    )
+    read_replica_check_s: float = setting(
+        "FLEET_READ_REPLICA_CHECK_S",
+        _positive_seconds,
+        1.0,
+        "With DATABASE_READ_URL: seconds between two probes of the replica (reachable? replay lag?) per process.",
     )
     db_pool_size: int = setting(
         "FLEET_DB_POOL_SIZE",

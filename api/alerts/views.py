@@ -1,10 +1,10 @@
-from flask import current_app
 from flask.views import MethodView
 
 from api.alerts import service
 from api.alerts.schemas import AlertQueryArgsSchema, AlertSchema
 from api.auth import require_role
 from api.blueprint import Blueprint
+from api.read_routing import read_engine
 
 blp = Blueprint(
     "alerts",
@@ -24,7 +24,5 @@ class Alerts(MethodView):
     def get(self, args, pagination_parameters):
         """Alerts, newest opened first (default: the open ones); one page (totals in the X-Pagination header)."""
         page = pagination_parameters
-        rows, page.item_count = service.list_alerts(
-            current_app.extensions["fleet.db_read"], args, page.page_size, page.first_item
-        )
+        rows, page.item_count = service.list_alerts(read_engine(), args, page.page_size, page.first_item)
         return rows

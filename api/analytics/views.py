@@ -5,6 +5,7 @@ from api.analytics import service
 from api.analytics.schemas import FleetQueryArgsSchema, FleetVehicleSchema, PerformanceSchema, WindowQueryArgsSchema
 from api.auth import require_role
 from api.blueprint import Blueprint
+from api.read_routing import read_engine
 
 blp = Blueprint(
     "analytics",
@@ -26,7 +27,7 @@ class VehiclePerformance(MethodView):
         Each hour's AC is that of the meter mapped to the vehicle at the start of the hour; readings are summed
         per hour, never paired by timestamp. `correlation` shows how well the two clocks agree.
         """
-        return service.vehicle_performance(current_app.extensions["fleet.db_read"], vehicle_id, args["window"])
+        return service.vehicle_performance(read_engine(), vehicle_id, args["window"])
 
 
 @blp.route("/fleet")
@@ -40,7 +41,7 @@ class FleetPerformance(MethodView):
         page = pagination_parameters
         settings = current_app.extensions["fleet.settings"]
         rows, page.item_count = service.fleet_performance(
-            current_app.extensions["fleet.db_read"],
+            read_engine(),
             args["window"],
             sort=args["sort"],
             below_threshold=args["below_threshold"],

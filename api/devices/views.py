@@ -1,10 +1,10 @@
-from flask import current_app
 from flask.views import MethodView
 
 from api.auth import require_role
 from api.blueprint import Blueprint
 from api.devices import service
 from api.devices.schemas import MeterQueryArgsSchema, MeterStatusSchema, VehicleQueryArgsSchema, VehicleStatusSchema
+from api.read_routing import read_engine
 
 blp = Blueprint(
     "devices", __name__, url_prefix="/v1", description="Current status of meters and vehicles; fleet listings"
@@ -20,9 +20,7 @@ class Meters(MethodView):
     def get(self, args, pagination_parameters):
         """Meters ordered by id, filtered; one page (totals in the X-Pagination header)."""
         page = pagination_parameters
-        rows, page.item_count = service.list_meters(
-            current_app.extensions["fleet.db_read"], args, page.page_size, page.first_item
-        )
+        rows, page.item_count = service.list_meters(read_engine(), args, page.page_size, page.first_item)
         return rows
 
 
@@ -33,7 +31,7 @@ class MeterById(MethodView):
     @blp.alt_response(404, response="NOT_FOUND", description="The meter never reported")
     def get(self, meter_id):
         """Current status of one meter: its newest reading."""
-        return service.get_meter(current_app.extensions["fleet.db_read"], meter_id)
+        return service.get_meter(read_engine(), meter_id)
 
 
 @blp.route("/vehicles")
@@ -45,9 +43,7 @@ class Vehicles(MethodView):
     def get(self, args, pagination_parameters):
         """Vehicles ordered by id, filtered; one page (totals in the X-Pagination header)."""
         page = pagination_parameters
-        rows, page.item_count = service.list_vehicles(
-            current_app.extensions["fleet.db_read"], args, page.page_size, page.first_item
-        )
+        rows, page.item_count = service.list_vehicles(read_engine(), args, page.page_size, page.first_item)
         return rows
 
 
@@ -58,4 +54,4 @@ class VehicleById(MethodView):
     @blp.alt_response(404, response="NOT_FOUND", description="The vehicle never reported")
     def get(self, vehicle_id):
         """Current status of one vehicle: its newest reading."""
-        return service.get_vehicle(current_app.extensions["fleet.db_read"], vehicle_id)
+        return service.get_vehicle(read_engine(), vehicle_id)

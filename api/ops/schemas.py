@@ -30,6 +30,14 @@ class OverloadSchema(ma.Schema):
     )
 
 
+class ReplicaSchema(ma.Schema):
+    usable = ma.fields.Boolean(metadata={"description": "reads go to the replica (DATABASE_READ_URL)"})
+    reason = ma.fields.String(metadata={"description": "'ok', or why the replica is not read from"})
+    lag_s = ma.fields.Float(allow_none=True, metadata={"description": "its replay lag at the last probe, seconds"})
+    reads_go_to = ma.fields.String(metadata={"description": "'replica', 'primary' or 'nowhere (503)'"})
+    max_lag_s = ma.fields.Float(metadata={"description": "FLEET_READ_REPLICA_MAX_LAG_S"})
+
+
 class ReadinessSchema(ma.Schema):
     ready = ma.fields.Boolean()
     database = ma.fields.String(metadata={"description": "'ok' or why the database cannot be used"})
@@ -41,5 +49,14 @@ class ReadinessSchema(ma.Schema):
         metadata={
             "description": "load shedding as the worker that answered sees it (gunicorn only; a node that sheds"
             " stays ready)"
+        },
+    )
+    replica = ma.fields.Nested(
+        ReplicaSchema,
+        allow_none=True,
+        metadata={
+            "description": "the read replica as this worker sees it; null without DATABASE_READ_URL. A node whose"
+            " replica is down stays ready: its reads fall back to the primary or answer 503"
+            " (FLEET_READ_REPLICA_FALLBACK)"
         },
     )

@@ -27,4 +27,5 @@ class Ready(MethodView):
         rotation would move its whole load onto its peers."""
         result = service.readiness(current_app.extensions["fleet.db"])
         result["overload"] = admission.overload()
+        result["replica"] = current_app.extensions["fleet.read_router"].describe()
         return result, (200 if result["ready"] else 503)
