@@ -14,6 +14,13 @@ FLEET_TEST_ENGINES narrows the run (e.g. `FLEET_TEST_ENGINES=native,native-apach
 
 Isolation: the embedded engine has one connection and one database, so both engines use the same scheme: one
 migrated database per session, and the `clean_db` fixture truncates the platform's tables after a test.
+
+The app under test: `app`, `client` (`app.test_client()`) and `runner` (click's CliRunner), as in flaskr. A module
+or test describes its app with the `app` marker, e.g. `pytestmark = pytest.mark.app(role="device",
+FLEET_MAX_BATCH="50")`: settings as environment variables, test-only blueprints, the role of the key its clients
+send. `make_app(...)` and `make_client(...)` build more apps on the same database, changing what the call names
+(`make_app(role=None)`: no key). Plain helpers shared by modules (keys, payload builders, expected analytics) are
+in tests/support/; a test module never imports another one (tests/unit/test_test_layout.py).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,7 @@ from typing import Any
 import port_for
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 from pytest_postgresql.executors import PostgreSQLExecutor
@@ -36,9 +44,9 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import Engine
 
 import db
-from db import keys
 from db.embedded import supervisor as embedded
 from db.migrate import upgrade
+from tests.support.api import build_app, with_api_key
 
 ALL_ENGINES = ("native", "native-apache", "embedded")
 #: Engines running TimescaleDB's Community edition (continuous aggregates, compression, policies).
@@ -234,18 +242,67 @@ def truncate_all(eng: Engine) -> None:
             conn.execute(sa.text(f"TRUNCATE {cagg}"))
 
 
-def with_api_key(app: Flask, eng: Engine, role: str = "admin", device_id: str | None = None) -> str:
-    """Create an API key and make every test client of `app` send it; returns the key."""
-    with eng.begin() as conn:
-        plaintext = keys.create_key(conn, f"test-{role}", role, device_id)[1]
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "app(role=None, blueprints=(), **settings_env): the app the `app`, `client`, `make_app` and `make_client`"
+        " fixtures build: its settings (as environment variables), test-only blueprints, and the role of the API"
+        " key its clients send (no key without one). On a module (`pytestmark`) or a test; the closest one wins.",
+    )
 
-    class KeyedClient(FlaskClient):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.environ_base["HTTP_X_API_KEY"] = plaintext
 
-    app.test_client_class = KeyedClient
-    return plaintext
+# --- the app under test (flaskr's `app`, `client` and `runner`) ---------------------------------------------
+
+
+def _app_marker(request: pytest.FixtureRequest) -> tuple[str | None, dict[str, Any]]:
+    """(role, build_app options) from the closest `app` marker."""
+    marker = request.node.get_closest_marker("app")
+    options = dict(marker.kwargs) if marker else {}
+    if marker and marker.args:
+        raise pytest.UsageError("the app marker takes keyword arguments only")
+    return options.pop("role", None), options
+
+
+@pytest.fixture
+def make_app(clean_db: Engine, request: pytest.FixtureRequest) -> Callable[..., Flask]:
+    """Builds apps on the test's database as its `app` marker says, with the call's changes: another key role
+    (`role=None`: clients send no key), a key bound to a device, other settings (`FLEET_RATE_LIMIT="3/minute"`)."""
+    marker_role, options = _app_marker(request)
+
+    def make(role: str | None = marker_role, *, device_id: str | None = None, **overrides: Any) -> Flask:
+        app = build_app(clean_db, **{**options, **overrides})
+        if role is not None:
+            with_api_key(app, clean_db, role, device_id)
+        return app
+
+    return make
+
+
+@pytest.fixture
+def make_client(make_app: Callable[..., Flask]) -> Callable[..., FlaskClient]:
+    """A client of a new app: `make_client(...)` is `make_app(...).test_client()`."""
+
+    def make(*args: Any, **kwargs: Any) -> FlaskClient:
+        return make_app(*args, **kwargs).test_client()
+
+    return make
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    """The app under test, as the test's `app` marker describes it (the defaults without one)."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    """click's runner for the `fleet` CLI (tests.support.cli.cli_env points a command at a database)."""
+    return CliRunner()
 
 
 @pytest.fixture

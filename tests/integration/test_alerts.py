@@ -18,24 +18,21 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
-from api import create_app
 from cli import main
 from config import Settings
 from db import alerts as db_alerts
 from db.schema import alerts as alerts_table
 from jobs.alerts import scan_alerts
-from tests.conftest import is_community, with_api_key
-from tests.integration.test_analytics_api import (
-    FleetData,
-    floor_hour,
-    iso,
-    make_client,
-    post_all,
-    refresh_like_policy,
-)
+from tests.conftest import is_community
+from tests.support.api import build_client, with_api_key
+from tests.support.cli import cli_env
+from tests.support.fleet import FleetData, floor_hour, iso, post_all, refresh_like_policy
+
+#: Admin may ingest, map and read.
+APP = {"role": "admin", "FLEET_RATE_LIMIT": "off"}
+pytestmark = pytest.mark.app(**APP)
 
 HOUR = timedelta(hours=1)
 MINUTE = timedelta(minutes=1)
@@ -109,11 +106,6 @@ def transitions(open_before: set[str], verdicts: dict[str, bool]) -> tuple[set[s
 
 def counts(stats: db_alerts.KindStats) -> tuple[int, int, int]:
     return stats.opened, stats.refreshed, stats.resolved
-
-
-@pytest.fixture
-def client(clean_db):
-    return make_client(clean_db)
 
 
 # --- low efficiency -----------------------------------------------------------------------------------------
@@ -363,7 +355,7 @@ def test_correlation_window_is_separate_and_whole_hours(client, clean_db):
 def test_alerts_identical_on_both_editions(both_editions):
     found = {}
     for kind, eng in both_editions.items():
-        client = make_client(eng)
+        client = build_client(eng, **APP)
         d = efficiency_phase_1()
         d.map("x-skew", "x-skew-M", T0 - 5 * HOUR)
         paired(d, "x-skew", "x-skew-M", T0 - 2 * HOUR, 120, lambda i: 40)
@@ -540,15 +532,6 @@ def test_concurrent_scan_jobs_take_turns(client, clean_db):
 # --- the CLI ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def runner():
-    return CliRunner()
-
-
-def cli_env(eng: Engine, **extra: str) -> dict[str, str]:
-    return {"DATABASE_URL": eng.url.render_as_string(hide_password=False), **extra}
-
-
 def test_cli_alerts_scan_and_list(runner, client, clean_db, engine_kind):
     now = datetime.now(UTC).replace(microsecond=0)
     d = FleetData()
@@ -686,10 +669,8 @@ def expected_listing(*, status: str = "open", kind: str | None = None, device_id
 
 
 @pytest.fixture
-def reader(clean_db):
-    app = create_app(Settings.from_env({"FLEET_RATE_LIMIT": "off"}), engine=clean_db)
-    with_api_key(app, clean_db, "read")
-    return app.test_client()
+def reader(make_client):
+    return make_client("read")
 
 
 def listed(resp) -> list[tuple]:
@@ -752,8 +733,8 @@ def test_api_alerts_bad_query_is_422(reader, query):
     assert resp.mimetype == "application/problem+json"
 
 
-def test_api_alerts_need_a_read_key(clean_db):
-    app = create_app(Settings.from_env({"FLEET_RATE_LIMIT": "off"}), engine=clean_db)
+def test_api_alerts_need_a_read_key(make_app, clean_db):
+    app = make_app(role=None)
     assert app.test_client().get("/v1/alerts").status_code == 401
     with_api_key(app, clean_db, "device")
     assert app.test_client().get("/v1/alerts").status_code == 403

@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import is_community
-from tests.integration.test_analytics_api import refresh_like_policy
-from tests.integration.test_rollups import INSERT_MAPPING, INSERT_METER, INSERT_VEHICLE
+from tests.support.builders import INSERT_MAPPING, INSERT_METER, INSERT_VEHICLE
+from tests.support.fleet import refresh_like_policy
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "ANALYSTS.md"
 HOUR = timedelta(hours=1)

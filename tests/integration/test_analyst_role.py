@@ -20,7 +20,6 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 from pytest_postgresql.executors import PostgreSQLExecutor
 from sqlalchemy.engine import Connection, Engine
 
@@ -28,8 +27,8 @@ from cli import main
 from db import keys
 from db.roles import ANALYST_ROLE
 from tests.conftest import is_community
-from tests.integration.test_analytics_api import refresh_like_policy
-from tests.integration.test_rollups import INSERT_MAPPING, INSERT_METER, INSERT_VEHICLE
+from tests.support.builders import INSERT_MAPPING, INSERT_METER, INSERT_VEHICLE
+from tests.support.fleet import refresh_like_policy
 
 ANALYST_RELATIONS = {"meter_readings_1h", "vehicle_readings_1h", "vehicle_energy_1h", "vehicle_meter_mapping"}
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
@@ -201,10 +200,10 @@ def test_analyst_role_on_the_embedded_engine_is_not_a_boundary(engine):
 
 
 @pytest.mark.embedded
-def test_analyst_grant_login_refuses_the_embedded_engine(engine):
+def test_analyst_grant_login_refuses_the_embedded_engine(runner, engine):
     url = engine.url.render_as_string(hide_password=False)
     env = {"DATABASE_URL": url, "FLEET_ANALYST_PASSWORD": "correct horse battery staple"}
-    result = CliRunner().invoke(main, ["analyst", "grant-login", "alice"], env=env)
+    result = runner.invoke(main, ["analyst", "grant-login", "alice"], env=env)
     assert result.exit_code == 1
     assert "embedded engine has no logins" in result.output
     with engine.connect() as conn:
@@ -252,10 +251,9 @@ def _connect(proc: PostgreSQLExecutor, dbname: str, password: str) -> psycopg.Co
 
 
 @pytest.mark.native
-def test_analyst_login_reads_rollups_and_is_refused_everything_else(analyst_data, scram_login, native_proc):
+def test_analyst_login_reads_rollups_and_is_refused_everything_else(runner, analyst_data, scram_login, native_proc):
     url = analyst_data.url.render_as_string(hide_password=False)
     dbname = analyst_data.url.database
-    runner = CliRunner()
     result = runner.invoke(
         main,
         ["analyst", "grant-login", LOGIN, "--json", "--statement-timeout", "60"],
@@ -331,24 +329,24 @@ def test_analyst_login_reads_rollups_and_is_refused_everything_else(analyst_data
         ("postgres", "reserved"),
     ],
 )
-def test_analyst_grant_login_refuses_bad_names(engine, name, message):
+def test_analyst_grant_login_refuses_bad_names(runner, engine, name, message):
     env = {"DATABASE_URL": engine.url.render_as_string(hide_password=False), "FLEET_ANALYST_PASSWORD": PASSWORD}
-    result = CliRunner().invoke(main, ["analyst", "grant-login", name], env=env)
+    result = runner.invoke(main, ["analyst", "grant-login", name], env=env)
     assert result.exit_code == 2
     assert message in result.output
 
 
 @pytest.mark.native
-def test_analyst_grant_login_refuses_short_passwords_and_roles_that_are_not_analyst_logins(engine):
+def test_analyst_grant_login_refuses_short_passwords_and_roles_that_are_not_analyst_logins(runner, engine):
     env = {"DATABASE_URL": engine.url.render_as_string(hide_password=False)}
-    short = CliRunner().invoke(main, ["analyst", "grant-login", "fleet_test_short"], env=env, input="short\n")
+    short = runner.invoke(main, ["analyst", "grant-login", "fleet_test_short"], env=env, input="short\n")
     assert short.exit_code == 1 and "12 to 1024 characters" in short.output
     # An existing role that is not a member of the analyst group (an application's role, say) is never touched.
     with engine.connect() as conn:
         conn.execute(sa.text("CREATE ROLE fleet_test_app NOLOGIN"))
         conn.commit()
     try:
-        existing = CliRunner().invoke(
+        existing = runner.invoke(
             main, ["analyst", "grant-login", "fleet_test_app"], env={**env, "FLEET_ANALYST_PASSWORD": PASSWORD}
         )
         with engine.connect() as conn:
@@ -362,5 +360,5 @@ def test_analyst_grant_login_refuses_short_passwords_and_roles_that_are_not_anal
             conn.commit()
     assert existing.exit_code == 1
     assert "exists and is not an analyst login" in existing.output
-    revoke = CliRunner().invoke(main, ["analyst", "revoke-login", "fleet_test_nobody"], env=env)
+    revoke = runner.invoke(main, ["analyst", "revoke-login", "fleet_test_nobody"], env=env)
     assert revoke.exit_code == 1 and "does not exist" in revoke.output

@@ -3,17 +3,10 @@
 import json
 
 import port_for
-import pytest
-from click.testing import CliRunner
 
 from cli import main
 from db.embedded import supervisor as embedded
 from tests.conftest import is_community
-
-
-@pytest.fixture
-def runner():
-    return CliRunner()
 
 
 def _engine_env(cfg: embedded.EngineConfig) -> dict[str, str]:

@@ -17,19 +17,20 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from db import analytics
-from tests.integration.test_analytics_api import (
+from tests.support.builders import vehicle_reading
+from tests.support.fleet import (
     HOUR,
     FleetData,
     assert_report_matches,
     floor_hour,
     iso,
-    make_client,
     post_all,
     post_mappings,
     refresh_like_policy,
 )
 
-pytestmark = pytest.mark.community
+#: Admin may ingest, map and read.
+pytestmark = [pytest.mark.community, pytest.mark.app(role="admin", FLEET_RATE_LIMIT="off")]
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 #: Two days ago at 00:00: a window of closed hours, all older than the ingest's invalidation margin.
@@ -86,8 +87,7 @@ def invalidations(eng: Engine) -> set[tuple[str, datetime]]:
         return {(r.vehicle_id, r.bucket) for r in rows}
 
 
-def test_closed_hours_are_read_from_the_rollups_alone(clean_db):
-    client = make_client(clean_db)
+def test_closed_hours_are_read_from_the_rollups_alone(client, clean_db):
     d = paired_day("r-")
     post_mappings(client, d)
     post_all(client, d)
@@ -105,8 +105,7 @@ def test_closed_hours_are_read_from_the_rollups_alone(clean_db):
     assert raw_path_correlation(clean_db, "r-V").vehicle_readings == 0  # the raw path really has nothing left
 
 
-def test_late_vehicle_and_meter_readings_recompute_their_hours(clean_db):
-    client = make_client(clean_db)
+def test_late_vehicle_and_meter_readings_recompute_their_hours(client, clean_db):
     d = paired_day("l-")
     post_mappings(client, d)
     post_all(client, d)
@@ -138,8 +137,7 @@ def test_late_vehicle_and_meter_readings_recompute_their_hours(clean_db):
     assert corr["typicalClockOffsetSeconds"] == pytest.approx(raw.typical_offset_seconds, abs=1e-9)
 
 
-def test_remap_from_a_past_instant_recomputes_the_hours_since(clean_db):
-    client = make_client(clean_db)
+def test_remap_from_a_past_instant_recomputes_the_hours_since(client, clean_db):
     d = paired_day("p-")
     t = START
     while t < END:  # a second meter, reporting 20 s after each minute
@@ -162,8 +160,7 @@ def test_remap_from_a_past_instant_recomputes_the_hours_since(clean_db):
     assert stored_hours(clean_db, "p-V")[START + 4 * HOUR] == (60, 60, 0)
 
 
-def test_late_reading_into_a_compressed_chunk(clean_db, engine_kind):
-    client = make_client(clean_db)
+def test_late_reading_into_a_compressed_chunk(client, clean_db, engine_kind):
     old_day = (NOW - timedelta(days=10)).replace(hour=0, minute=0, second=0)  # past compression (7 d), within 30 d
     d = FleetData()
     d.map("z-V", "z-M", old_day - HOUR)
@@ -193,16 +190,7 @@ def test_late_reading_into_a_compressed_chunk(clean_db, engine_kind):
     assert dict(compressed) == {"meter_readings": 1, "vehicle_readings": 1}
 
     late_at = old_day + timedelta(minutes=30, seconds=30)  # between two stored minutes
-    item = {
-        "type": "VEHICLE",
-        "payload": {
-            "vehicleId": "z-V",
-            "soc": 40,
-            "kwhDeliveredDc": 0.5,
-            "batteryTemp": 31.5,
-            "timestamp": iso(late_at),
-        },
-    }
+    item = vehicle_reading("z-V", soc=40, kwh=0.5, temp=31.5, timestamp=iso(late_at))
     first = client.post("/v1/telemetry/ingest", json=item)
     retry = client.post("/v1/telemetry/ingest", json=item)
     assert first.status_code == retry.status_code == 200, (first.get_json(), retry.get_json())

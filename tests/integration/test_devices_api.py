@@ -12,17 +12,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api import create_app
-from config import Settings
 from db.schema import DEVICE_ID_MAX_LENGTH, meters_current, vehicles_current
-from tests.conftest import with_api_key
+from tests.support.api import with_api_key
 
-
-@pytest.fixture
-def client(clean_db):
-    app = create_app(Settings.from_env({}), engine=clean_db)
-    with_api_key(app, clean_db, "read")
-    return app.test_client()
+pytestmark = pytest.mark.app(role="read")
 
 
 def meter(meter_id: str, minutes_ago: float = 1, kwh: float = 0.25, voltage: float = 230.0) -> dict:
@@ -270,8 +263,8 @@ def test_openapi_documents_status_and_listing_endpoints(client):
     assert {"isCharging", "socBelow", "silentForMinutes", "idPrefix", "page", "page_size"} <= params
 
 
-def test_status_needs_a_read_key(clean_db):
-    app = create_app(Settings.from_env({}), engine=clean_db)
+def test_status_needs_a_read_key(make_app, clean_db):
+    app = make_app(role=None)
     assert app.test_client().get("/v1/vehicles").status_code == 401
     with_api_key(app, clean_db, "device")
     assert app.test_client().get("/v1/vehicles").status_code == 403

@@ -5,11 +5,6 @@ from __future__ import annotations
 from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
 
-import pytest
-
-from api import create_app
-from config import Settings
-
 
 class _AssetLinks(HTMLParser):
     """Collects the URLs a page makes the browser load (scripts, style sheets, images, frames)."""
@@ -23,11 +18,6 @@ class _AssetLinks(HTMLParser):
         for name, value in attrs:
             if name == wanted and value:
                 self.urls.append(value)
-
-
-@pytest.fixture
-def client(clean_db):
-    return create_app(Settings.from_env({}), engine=clean_db).test_client()
 
 
 def test_docs_page_loads_swagger_ui_from_the_app_itself(client):

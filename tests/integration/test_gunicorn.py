@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import pytest
 import sqlalchemy as sa
 
-from db import keys
 from tests.integration.gunicorn_server import gunicorn, http
+from tests.support.api import device_key
+from tests.support.builders import meter_reading, vehicle_reading
 
 
 @pytest.fixture
@@ -25,25 +24,8 @@ def _request(url: str, body: object | None = None, key: str = "") -> tuple[int, 
 
 @pytest.mark.native
 def test_gunicorn_ingest_and_duplicates_end_to_end(gunicorn_url, clean_db):
-    ts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
-    items = [
-        {
-            "type": "METER",
-            "payload": {"meterId": "g-m", "kwhConsumedAc": 0.5, "voltage": 230, "timestamp": ts.isoformat()},
-        },
-        {
-            "type": "VEHICLE",
-            "payload": {
-                "vehicleId": "g-v",
-                "soc": 50,
-                "kwhDeliveredDc": 0.45,
-                "batteryTemp": 30,
-                "timestamp": ts.isoformat(),
-            },
-        },
-    ]
-    with clean_db.begin() as conn:
-        key = keys.create_key(conn, "gateway", "device")[1]
+    items = [meter_reading("g-m", minutes_ago=3), vehicle_reading("g-v", minutes_ago=3)]
+    key = device_key(clean_db)
     assert _request(gunicorn_url + "/v1/telemetry/ingest", items)[0] == 401
     assert _request(gunicorn_url + "/v1/telemetry/ingest", items, key=key) == (
         200,

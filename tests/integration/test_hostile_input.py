@@ -12,31 +12,30 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.engine import Engine
 from werkzeug.test import EnvironBuilder, TestResponse, run_wsgi_app
 from werkzeug.wrappers import Response
 
-from api import create_app
 from api.auth import API_KEY_HEADER
-from config import Settings
-from db import keys, readings
+from db import readings
 from db.schema import vehicle_meter_mapping
 from tests.conftest import PLATFORM_TABLES
+from tests.support.builders import NOW, meter_reading, vehicle_reading
 
 INGEST = "/v1/telemetry/ingest"
 MAPPINGS = "/v1/mappings"
 #: Small enough that an oversized body is cheap to build; large enough for a batch of readings.
 MAX_BODY = 65_536
-NOW = datetime.now(UTC).replace(microsecond=0)
+#: An admin client: every operation is open to it, so only the input decides the answer.
+pytestmark = pytest.mark.app(role="admin", FLEET_MAX_BODY_BYTES=str(MAX_BODY), FLEET_RATE_LIMIT="off")
 #: Tables a refused request must leave as they were (api_keys, alerts, job_runs: no endpoint writes them).
 WRITTEN = ("meter_readings", "vehicle_readings", "meters_current", "vehicles_current", "vehicle_meter_mapping")
 
@@ -61,7 +60,7 @@ def _counts(eng: Engine) -> dict[str, int]:
         return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in WRITTEN}
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def seeded(clean_db: Engine) -> Iterator[Engine]:
     """The clean database with a meter, a vehicle mapped to it and a reading each; afterwards every platform
     table must still exist and the seeded readings still be there, whatever the test sent."""
@@ -74,29 +73,10 @@ def seeded(clean_db: Engine) -> Iterator[Engine]:
     assert seeded_rows == 1
 
 
-def _app(eng: Engine, max_body: int = MAX_BODY) -> Flask:
-    settings = Settings.from_env({"FLEET_MAX_BODY_BYTES": str(max_body), "FLEET_RATE_LIMIT": "off"})
-    return create_app(settings, engine=eng)
-
-
-def _client(app: Flask, eng: Engine) -> FlaskClient:
-    with eng.begin() as conn:
-        key = keys.create_key(conn, "hostile-admin", "admin", None)[1]
-    client = app.test_client()
-    client.environ_base["HTTP_X_API_KEY"] = key
-    return client
-
-
 @pytest.fixture
-def client(seeded: Engine) -> FlaskClient:
-    """An admin client: every operation is open to it, so only the input decides the answer."""
-    return _client(_app(seeded), seeded)
-
-
-@pytest.fixture
-def roomy_client(seeded: Engine) -> FlaskClient:
+def roomy_client(make_client: Callable[..., FlaskClient]) -> FlaskClient:
     """An admin client of an app with the default 1 MiB body limit: bodies big enough to nest 100,000 deep."""
-    return _client(_app(seeded, max_body=1024 * 1024), seeded)
+    return make_client(FLEET_MAX_BODY_BYTES=str(1024 * 1024))
 
 
 def problem(resp: TestResponse | Response, status: int, *path: str) -> dict[str, Any]:
@@ -113,27 +93,6 @@ def problem(resp: TestResponse | Response, status: int, *path: str) -> dict[str,
     return body
 
 
-def meter_item(meter_id: str = "m-1", **overrides: Any) -> dict[str, Any]:
-    payload = {
-        "meterId": meter_id,
-        "kwhConsumedAc": 0.5,
-        "voltage": 230.0,
-        "timestamp": (NOW - timedelta(minutes=1)).isoformat(),
-    }
-    return {"type": "METER", "payload": {**payload, **overrides}}
-
-
-def vehicle_item(vehicle_id: str = "v-1", **overrides: Any) -> dict[str, Any]:
-    payload = {
-        "vehicleId": vehicle_id,
-        "soc": 55.0,
-        "kwhDeliveredDc": 0.4,
-        "batteryTemp": 31.0,
-        "timestamp": (NOW - timedelta(minutes=1)).isoformat(),
-    }
-    return {"type": "VEHICLE", "payload": {**payload, **overrides}}
-
-
 def post_raw(client: FlaskClient, url: str, body: bytes | str, content_type: str = "application/json") -> TestResponse:
     return client.post(url, data=body, content_type=content_type)
 
@@ -148,7 +107,7 @@ def path_id(device_id: str) -> str:
 @pytest.mark.parametrize("url", [INGEST, MAPPINGS])
 def test_hostile_body_over_the_limit_is_413_and_writes_nothing(client, seeded, url):
     before = _counts(seeded)
-    body = json.dumps([meter_item(f"m-{i}") for i in range(600)])  # valid JSON, about 70 kB
+    body = json.dumps([meter_reading(f"m-{i}") for i in range(600)])  # valid JSON, about 70 kB
     assert len(body) > MAX_BODY
 
     problem(post_raw(client, url, body), 413)
@@ -178,7 +137,7 @@ def test_hostile_chunked_body_over_the_limit_is_413(client, seeded, url, extra):
     """A chunked request has no Content-Length to refuse it up front: werkzeug stops reading at the limit and
     hands over the first MAX_BODY bytes as if they were the body (a 400 for the cut JSON); it is a 413."""
     before = _counts(seeded)
-    body = json.dumps(meter_item()).encode()
+    body = json.dumps(meter_reading()).encode()
     body += b" " * (MAX_BODY + extra - len(body))  # valid JSON for its first MAX_BODY bytes too
 
     problem(post_chunked(client, url, body), 413)
@@ -189,7 +148,7 @@ def test_hostile_chunked_body_over_the_limit_is_413(client, seeded, url, extra):
 def test_hostile_chunked_body_up_to_the_limit_is_read(client, seeded):
     """The same transport with a body of exactly the limit is an ordinary request: the size, not chunking, is
     refused."""
-    body = json.dumps(meter_item("m-chunked")).encode()
+    body = json.dumps(meter_reading("m-chunked")).encode()
     body += b" " * (MAX_BODY - len(body))
 
     resp = post_chunked(client, INGEST, body)
@@ -253,8 +212,9 @@ BAD_PATH_ID_CASES = [pytest.param(v, id=k) for k, v in BAD_IDS if v]
 def test_hostile_ids_in_ingest_bodies_are_422_naming_the_field(client, seeded, bad):
     before = _counts(seeded)
 
-    problem(client.post(INGEST, json=meter_item(bad)), 422, "json", "payload", "meterId")
-    problem(client.post(INGEST, json=[meter_item("m-ok"), vehicle_item(bad)]), 422, "json", "1", "payload", "vehicleId")
+    problem(client.post(INGEST, json=meter_reading(bad)), 422, "json", "payload", "meterId")
+    batch = [meter_reading("m-ok"), vehicle_reading(bad)]
+    problem(client.post(INGEST, json=batch), 422, "json", "1", "payload", "vehicleId")
 
     assert _counts(seeded) == before
 
@@ -304,7 +264,7 @@ def test_hostile_ids_in_paths_are_404(client, bad, prefix):
 def test_hostile_looking_but_valid_ids_are_stored_and_read_back_literally(client, seeded, device_id):
     """Printable ids without white space are ids, whatever they look like: stored as sent, found again by a
     literal lookup, never interpreted."""
-    resp = client.post(INGEST, json=meter_item(device_id))
+    resp = client.post(INGEST, json=meter_reading(device_id))
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["stored"] == 1
 
@@ -381,7 +341,7 @@ NUMBER_TOKENS = [
 
 
 def _reading_with(kind: str, field: str, token: str) -> str:
-    item = meter_item() if kind == "METER" else vehicle_item()
+    item = meter_reading() if kind == "METER" else vehicle_reading()
     item["payload"][field] = "__TOKEN__"
     return json.dumps(item).replace('"__TOKEN__"', token)
 
@@ -495,7 +455,7 @@ def test_hostile_dates_and_booleans_in_query_parameters_are_422(client, url, par
 )
 def test_hostile_timestamps_in_readings_are_422_naming_the_field(client, seeded, timestamp):
     before = _counts(seeded)
-    problem(client.post(INGEST, json=meter_item(timestamp=timestamp)), 422, "json", "payload", "timestamp")
+    problem(client.post(INGEST, json=meter_reading(timestamp=timestamp)), 422, "json", "payload", "timestamp")
     assert _counts(seeded) == before
 
 
@@ -509,18 +469,18 @@ def test_hostile_timestamps_in_readings_are_422_naming_the_field(client, seeded,
 @pytest.mark.parametrize("url", [INGEST, MAPPINGS])
 def test_hostile_wrong_content_type_is_415(client, seeded, url, content_type):
     before = _counts(seeded)
-    body = json.dumps(meter_item() if url == INGEST else {"vehicleId": "v-1", "meterId": "m-2"})
+    body = json.dumps(meter_reading() if url == INGEST else {"vehicleId": "v-1", "meterId": "m-2"})
 
     problem(post_raw(client, url, body, content_type), 415)
 
     assert _counts(seeded) == before
 
 
-_PAYLOAD = json.dumps(meter_item()["payload"])
+_PAYLOAD = json.dumps(meter_reading()["payload"])
 DUPLICATES = [
     (INGEST, '{"type": "METER", "type": "VEHICLE", "payload": ' + _PAYLOAD + "}", "'type'"),
     (INGEST, '{"type": "METER", "payload": {"meterId": "m-evil", ' + _PAYLOAD[1:] + "}", "'meterId'"),
-    (INGEST, "[" + json.dumps(meter_item()) + ', {"type": "METER", "payload": {}, "payload": {}}]', "'payload'"),
+    (INGEST, "[" + json.dumps(meter_reading()) + ', {"type": "METER", "payload": {}, "payload": {}}]', "'payload'"),
     (MAPPINGS, '{"vehicleId": "v-1", "meterId": "m-2", "meterId": "m-3"}', "'meterId'"),
 ]
 
@@ -596,11 +556,11 @@ def test_hostile_invalid_utf8_in_urls_is_never_a_5xx(client, url):
     ids=["10k characters", "SQL", "latin-1", "empty", "DEL"],
 )
 @pytest.mark.parametrize(("method", "url"), [("GET", "/v1/meters"), ("POST", INGEST), ("POST", MAPPINGS)])
-def test_hostile_api_keys_are_401(seeded, key, method, url):
+def test_hostile_api_keys_are_401(make_client, seeded, key, method, url):
     before = _counts(seeded)
-    client = _app(seeded).test_client()
+    client = make_client(role=None)
 
-    resp = client.open(url, method=method, headers={API_KEY_HEADER: key}, json=meter_item())
+    resp = client.open(url, method=method, headers={API_KEY_HEADER: key}, json=meter_reading())
 
     problem(resp, 401)
     assert resp.headers["WWW-Authenticate"] == "ApiKey"

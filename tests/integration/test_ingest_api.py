@@ -8,50 +8,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from api import create_app
-from config import Settings
-from db import keys
+from tests.support.api import with_api_key
+from tests.support.builders import NOW
+from tests.support.builders import meter_reading as meter
+from tests.support.builders import vehicle_reading as vehicle
 
-NOW = datetime.now(UTC).replace(microsecond=0)
 URL = "/v1/telemetry/ingest"
-
-
-def meter(meter_id="m-1", minutes_ago=10, kwh=0.25, voltage=230.0, **overrides):
-    payload = {
-        "meterId": meter_id,
-        "kwhConsumedAc": kwh,
-        "voltage": voltage,
-        "timestamp": (NOW - timedelta(minutes=minutes_ago)).isoformat(),
-    }
-    return {"type": "METER", "payload": {**payload, **overrides}}
-
-
-def vehicle(vehicle_id="v-1", minutes_ago=10, soc=55.5, kwh=0.2, temp=31.0, **overrides):
-    payload = {
-        "vehicleId": vehicle_id,
-        "soc": soc,
-        "kwhDeliveredDc": kwh,
-        "batteryTemp": temp,
-        "timestamp": (NOW - timedelta(minutes=minutes_ago)).isoformat(),
-    }
-    return {"type": "VEHICLE", "payload": {**payload, **overrides}}
-
-
-def device_key(eng, device_id: str | None = None) -> str:
-    with eng.begin() as conn:
-        return keys.create_key(conn, "ingest-test", "device", device_id)[1]
-
-
-def keyed_client(app, key: str):
-    client = app.test_client()
-    client.environ_base["HTTP_X_API_KEY"] = key
-    return client
-
-
-@pytest.fixture
-def client(clean_db):
-    settings = Settings.from_env({"FLEET_MAX_BATCH": "50", "FLEET_MAX_BODY_BYTES": "65536"})
-    return keyed_client(create_app(settings, engine=clean_db), device_key(clean_db))
+#: A device key, small limits: a batch over 50 readings or a body over 64 KiB is refused.
+pytestmark = pytest.mark.app(role="device", FLEET_MAX_BATCH="50", FLEET_MAX_BODY_BYTES="65536")
 
 
 def counts(eng) -> dict[str, int]:
@@ -207,16 +171,15 @@ def test_ingest_bad_request_bodies(client, clean_db, case, kwargs, status):
 
 
 @pytest.mark.native
-def test_ingest_concurrent_writers_store_each_reading_once_and_keep_the_newest(engine, clean_db):
+def test_ingest_concurrent_writers_store_each_reading_once_and_keep_the_newest(make_app, engine, clean_db):
     """Many threads post interleaved, overlapping readings for the same devices (native engine)."""
-    app = create_app(Settings.from_env({}), engine=clean_db)
-    key = device_key(clean_db)
+    app = make_app()
     devices = [f"cc-{i}" for i in range(8)]
     minutes = list(range(1, 41))
     threads, errors = [], []
 
     def worker(offset: int) -> None:
-        client = keyed_client(app, key)
+        client = app.test_client()
         # Every thread posts every reading, in a different order, as single readings and small batches.
         order = minutes[offset:] + minutes[:offset]
         for m in order:
@@ -250,18 +213,16 @@ def test_ingest_concurrent_writers_store_each_reading_once_and_keep_the_newest(e
     assert newest_vehicles == dict.fromkeys(devices[4:], 99.0)
 
 
-def test_ingest_needs_a_device_key(clean_db):
-    app = create_app(Settings.from_env({}), engine=clean_db)
-    with clean_db.begin() as conn:
-        read_key = keys.create_key(conn, "dashboard", "read")[1]
+def test_ingest_needs_a_device_key(make_app, clean_db):
+    app = make_app(role=None)
     assert app.test_client().post(URL, json=meter()).status_code == 401
-    assert keyed_client(app, read_key).post(URL, json=meter()).status_code == 403
+    with_api_key(app, clean_db, "read")
+    assert app.test_client().post(URL, json=meter()).status_code == 403
     assert counts(clean_db)["meter_readings"] == 0
 
 
-def test_ingest_bound_key_only_for_its_own_device(clean_db):
-    app = create_app(Settings.from_env({}), engine=clean_db)
-    client = keyed_client(app, device_key(clean_db, "m-own"))
+def test_ingest_bound_key_only_for_its_own_device(make_client, clean_db):
+    client = make_client(device_id="m-own")
     assert client.post(URL, json=meter("m-own")).status_code == 200
     refused = client.post(URL, json=[meter("m-own", 3), meter("m-other", 3)])
     assert refused.status_code == 403

@@ -9,20 +9,23 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
-from flask import Flask, g
+from flask import g
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 import db
-from api import create_app
 from api.auth import API_KEY_HEADER, check_device_access, require_role
 from cli import main
 from config import ConfigError, Settings
 from db import keys
 from db.errors import NotFound
+from tests.support.cli import cli_env
 
 blp = Blueprint("auth_probe", __name__, url_prefix="/test-auth", description="Test-only protected routes")
+
+
+#: The real app plus the probe blueprint; key lookups uncached unless the test asks for a TTL.
+pytestmark = pytest.mark.app(blueprints=[blp], FLEET_KEY_CACHE_SECONDS="0")
 
 
 @blp.route("/fleet")
@@ -44,13 +47,6 @@ class DeviceProbe(MethodView):
         return {"device_id": device_id, "key_id": g.api_key.id}
 
 
-def make_app(engine, **env: str) -> Flask:
-    """The real app plus the probe blueprint; key lookups uncached unless the test asks for a TTL."""
-    app = create_app(Settings.from_env({"FLEET_KEY_CACHE_SECONDS": "0", **env}), engine=engine)
-    app.extensions["flask-smorest"]["apis"][""]["ext_obj"].register_blueprint(blp)
-    return app
-
-
 def new_key(engine, role: str, device_id: str | None = None, name: str = "test") -> tuple[keys.ApiKey, str]:
     with db.transaction(engine) as conn:
         return keys.create_key(conn, name, role, device_id)
@@ -59,21 +55,6 @@ def new_key(engine, role: str, device_id: str | None = None, name: str = "test")
 def revoke(engine, key_id: int) -> None:
     with db.transaction(engine) as conn:
         keys.revoke_key(conn, key_id)
-
-
-@pytest.fixture
-def client(clean_db):
-    return make_app(clean_db).test_client()
-
-
-@pytest.fixture
-def runner():
-    return CliRunner()
-
-
-@pytest.fixture
-def cli_env(clean_db) -> dict[str, str]:
-    return {"DATABASE_URL": clean_db.url.render_as_string(hide_password=False)}
 
 
 def _get(client, path: str, key: str | None = None):
@@ -155,9 +136,10 @@ def test_keys_table_refuses_binding_a_non_device_key(clean_db):
 # --- CLI ---------------------------------------------------------------------------------------------------
 
 
-def test_cli_keys_create_list_revoke(runner, cli_env, clean_db):
+def test_cli_keys_create_list_revoke(runner, clean_db):
+    env = cli_env(clean_db)
     created = runner.invoke(
-        main, ["keys", "create", "--name", "meter m-7", "--role", "device", "--device-id", "m-7"], env=cli_env
+        main, ["keys", "create", "--name", "meter m-7", "--role", "device", "--device-id", "m-7"], env=env
     )
     assert created.exit_code == 0, created.output
     plaintext = created.stdout.strip()  # the key alone on stdout, the notes on stderr
@@ -167,12 +149,12 @@ def test_cli_keys_create_list_revoke(runner, cli_env, clean_db):
         key = keys.find_active_key(conn, plaintext)
     assert key is not None and key.device_id == "m-7"
 
-    as_json = runner.invoke(main, ["keys", "create", "--name", "dash", "--role", "read", "--json"], env=cli_env)
+    as_json = runner.invoke(main, ["keys", "create", "--name", "dash", "--role", "read", "--json"], env=env)
     assert as_json.exit_code == 0, as_json.output
     read_key = json.loads(as_json.output)
     assert read_key["key"].startswith("fk_") and read_key["role"] == "read" and read_key["active"] is True
 
-    listed = runner.invoke(main, ["keys", "list", "--json"], env=cli_env)
+    listed = runner.invoke(main, ["keys", "list", "--json"], env=env)
     assert listed.exit_code == 0, listed.output
     rows = json.loads(listed.output)["keys"]
     assert [(r["id"], r["name"], r["role"]) for r in rows] == [
@@ -180,32 +162,35 @@ def test_cli_keys_create_list_revoke(runner, cli_env, clean_db):
         (read_key["id"], "dash", "read"),
     ]
     assert plaintext not in listed.output and "key_hash" not in listed.output and "key" not in rows[0]
-    human = runner.invoke(main, ["keys", "list"], env=cli_env)
+    human = runner.invoke(main, ["keys", "list"], env=env)
     assert "meter m-7" in human.output and key.key_prefix in human.output and plaintext not in human.output
 
-    revoked = runner.invoke(main, ["keys", "revoke", str(key.id), "--json"], env=cli_env)
+    revoked = runner.invoke(main, ["keys", "revoke", str(key.id), "--json"], env=env)
     assert revoked.exit_code == 0, revoked.output
     assert json.loads(revoked.output)["active"] is False
     with clean_db.connect() as conn:
         assert keys.find_active_key(conn, plaintext) is None
 
 
-def test_cli_keys_revoke_unknown_id_is_a_clear_error(runner, cli_env):
-    result = runner.invoke(main, ["keys", "revoke", "987654"], env=cli_env)
+def test_cli_keys_revoke_unknown_id_is_a_clear_error(runner, clean_db):
+    env = cli_env(clean_db)
+    result = runner.invoke(main, ["keys", "revoke", "987654"], env=env)
     assert result.exit_code == 1
     assert "API key 987654 does not exist" in result.output
 
 
-def test_cli_keys_create_refuses_bound_read_key(runner, cli_env, clean_db):
-    result = runner.invoke(main, ["keys", "create", "--name", "x", "--role", "read", "--device-id", "m-1"], env=cli_env)
+def test_cli_keys_create_refuses_bound_read_key(runner, clean_db):
+    env = cli_env(clean_db)
+    result = runner.invoke(main, ["keys", "create", "--name", "x", "--role", "read", "--device-id", "m-1"], env=env)
     assert result.exit_code == 1
     assert "only a device key can be bound" in result.output
     with clean_db.connect() as conn:
         assert keys.list_keys(conn) == []
 
 
-def test_cli_keys_create_rejects_unknown_role(runner, cli_env):
-    result = runner.invoke(main, ["keys", "create", "--name", "x", "--role", "root"], env=cli_env)
+def test_cli_keys_create_rejects_unknown_role(runner, clean_db):
+    env = cli_env(clean_db)
+    result = runner.invoke(main, ["keys", "create", "--name", "x", "--role", "root"], env=env)
     assert result.exit_code == 2
     assert "root" in result.output
 
@@ -274,8 +259,8 @@ def test_auth_health_and_ready_need_no_key(client):
     assert client.get("/ready").status_code == 200
 
 
-def test_auth_revocation_takes_effect_within_cache_ttl(clean_db):
-    client = make_app(clean_db, FLEET_KEY_CACHE_SECONDS="0.5").test_client()
+def test_auth_revocation_takes_effect_within_cache_ttl(make_client, clean_db):
+    client = make_client(FLEET_KEY_CACHE_SECONDS="0.5")
     key, plaintext = new_key(clean_db, "read")
     assert _get(client, "/test-auth/fleet", plaintext).status_code == 200
     revoke(clean_db, key.id)
@@ -300,8 +285,8 @@ def test_auth_openapi_documents_the_key(client):
 # --- rate limiting -----------------------------------------------------------------------------------------
 
 
-def test_rate_limit_per_key_is_a_429_problem_with_retry_after(clean_db):
-    client = make_app(clean_db, FLEET_RATE_LIMIT="3/minute").test_client()
+def test_rate_limit_per_key_is_a_429_problem_with_retry_after(make_client, clean_db):
+    client = make_client(FLEET_RATE_LIMIT="3/minute")
     _, first = new_key(clean_db, "read")
     _, second = new_key(clean_db, "admin")
     for _ in range(3):
@@ -318,23 +303,22 @@ def test_rate_limit_per_key_is_a_429_problem_with_retry_after(clean_db):
         assert client.get("/health").status_code == 200
 
 
-def test_rate_limit_without_a_key_counts_per_address(clean_db):
-    client = make_app(clean_db, FLEET_RATE_LIMIT="2/minute").test_client()
+def test_rate_limit_without_a_key_counts_per_address(make_client, clean_db):
+    client = make_client(FLEET_RATE_LIMIT="2/minute")
     assert [_get(client, "/test-auth/fleet", "fk_guess").status_code for _ in range(3)] == [401, 401, 429]
 
 
-def test_rate_limit_off(clean_db):
-    client = make_app(clean_db, FLEET_RATE_LIMIT="off").test_client()
+def test_rate_limit_off(make_client, clean_db):
+    client = make_client(FLEET_RATE_LIMIT="off")
     _, plaintext = new_key(clean_db, "read")
     assert {_get(client, "/test-auth/fleet", plaintext).status_code for _ in range(5)} == {200}
 
 
 @pytest.mark.parametrize(("storage", "shared"), [("redis://127.0.0.1:6379", True), ("memory://", False)])
-def test_rate_limit_storage_is_shared_between_workers_through_redis(clean_db, storage, shared):
+def test_rate_limit_storage_is_shared_between_workers_through_redis(make_client, clean_db, storage, shared):
     # Two app instances stand for two gunicorn workers (or hosts); the machine's Redis is on its standard port.
     worker_a, worker_b = (
-        make_app(clean_db, FLEET_RATE_LIMIT="4/minute", FLEET_RATE_LIMIT_STORAGE_URI=storage).test_client()
-        for _ in range(2)
+        make_client(FLEET_RATE_LIMIT="4/minute", FLEET_RATE_LIMIT_STORAGE_URI=storage) for _ in range(2)
     )
     _, plaintext = new_key(clean_db, "read")  # a fresh key: its random prefix is its own limit bucket
     assert [_get(worker_a, "/test-auth/fleet", plaintext).status_code for _ in range(3)] == [200] * 3

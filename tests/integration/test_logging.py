@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from flask import request
@@ -18,11 +18,13 @@ from sqlalchemy.engine import make_url
 from api import create_app
 from api.logging_setup import REQUEST_ID_HEADER
 from config import Settings
-from db import keys
 from tests.integration.gunicorn_server import gunicorn, http
+from tests.support.api import device_key
+from tests.support.builders import meter_reading
 
 URL = "/v1/telemetry/ingest"
 HEX_ID = re.compile(r"[0-9a-f]{32}")
+READING = meter_reading("log-m", minutes_ago=2)
 
 probe = Blueprint("log_probe", __name__, url_prefix="/test-log", description="Test-only: a view that fails")
 
@@ -34,28 +36,17 @@ class Boom(MethodView):
         raise RuntimeError(f"could not handle key {request.headers.get('X-API-Key')}")
 
 
-def reading(minutes_ago: int = 2) -> dict:
-    ts = (datetime.now(UTC) - timedelta(minutes=minutes_ago)).replace(microsecond=0).isoformat()
-    return {"type": "METER", "payload": {"meterId": "log-m", "kwhConsumedAc": 0.5, "voltage": 230, "timestamp": ts}}
-
-
 def json_lines(text: str) -> list[dict]:
     """Every line of `text` as JSON: a line that is not JSON fails the test."""
     return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def device_key(engine) -> str:
-    with engine.begin() as conn:
-        return keys.create_key(conn, "log-test", "device")[1]
 
 
 def rejected_lines(lines: list[dict], status: int) -> list[dict]:
     return [line for line in lines if line["logger"] == "api.metrics" and line.get("status") == status]
 
 
-def test_request_id_from_the_client_is_echoed_and_logged(clean_db, capfd):
-    client = create_app(Settings.from_env({}), engine=clean_db).test_client()
-    client.environ_base["HTTP_X_API_KEY"] = device_key(clean_db)
+def test_request_id_from_the_client_is_echoed_and_logged(capfd, make_client):
+    client = make_client("device")
     capfd.readouterr()
     resp = client.post(URL, json={"type": "METER", "payload": {}}, headers={REQUEST_ID_HEADER: "edge-7f3a.42:b"})
     assert resp.status_code == 422
@@ -71,11 +62,10 @@ def test_request_id_from_the_client_is_echoed_and_logged(clean_db, capfd):
     [None, "", "has spaces", "x" * 65, 'quote"d', "tab\there", "caf\u00e9", "fk_" + "A" * 43],
     ids=["missing", "empty", "spaces", "too long", "quote", "control character", "not ASCII", "looks like a key"],
 )
-def test_request_id_is_generated_when_missing_or_invalid(clean_db, capfd, incoming):
-    client = create_app(Settings.from_env({}), engine=clean_db).test_client()
+def test_request_id_is_generated_when_missing_or_invalid(capfd, client, incoming):
     capfd.readouterr()
     headers = {} if incoming is None else {REQUEST_ID_HEADER: incoming}
-    resp = client.post(URL, json=reading(), headers=headers)
+    resp = client.post(URL, json=READING, headers=headers)
     assert resp.status_code == 401
     generated = resp.headers[REQUEST_ID_HEADER]
     assert HEX_ID.fullmatch(generated)
@@ -83,8 +73,7 @@ def test_request_id_is_generated_when_missing_or_invalid(clean_db, capfd, incomi
     assert line["request_id"] == generated
 
 
-def test_each_request_gets_its_own_id(clean_db):
-    client = create_app(Settings.from_env({}), engine=clean_db).test_client()
+def test_each_request_gets_its_own_id(client):
     ids = {client.get("/health").headers[REQUEST_ID_HEADER] for _ in range(3)}
     assert len(ids) == 3
 
@@ -98,8 +87,8 @@ def test_app_logs_hold_no_api_key_and_no_database_password(database_url, engine_
     key, wrong_key = device_key(clean_db), "fk_" + secrets.token_urlsafe(32)
     client = app.test_client()
     try:
-        assert client.post(URL, json=reading(), headers={"X-API-Key": key}).status_code == 200
-        assert client.post(URL, json=reading(), headers={"X-API-Key": wrong_key}).status_code == 401
+        assert client.post(URL, json=READING, headers={"X-API-Key": key}).status_code == 200
+        assert client.post(URL, json=READING, headers={"X-API-Key": wrong_key}).status_code == 401
         assert client.post(URL, json={"type": "METER", "payload": {}}, headers={"X-API-Key": key}).status_code == 422
         failed = client.get("/test-log/boom", headers={"X-API-Key": key})
         assert failed.status_code == 500
@@ -129,9 +118,9 @@ def test_gunicorn_logs_are_json_with_request_ids_and_no_secrets(clean_db, tmp_pa
     }
     key, wrong_key = device_key(clean_db), "fk_" + secrets.token_urlsafe(32)
     with gunicorn(env, tmp_path / "gunicorn.log", workers=2, threads=2) as server:
-        ok = http(server.url + URL, reading(), key=key, headers={REQUEST_ID_HEADER: "client-rid-0001"})
+        ok = http(server.url + URL, READING, key=key, headers={REQUEST_ID_HEADER: "client-rid-0001"})
         assert ok.status == 200 and ok.headers["x-request-id"] == "client-rid-0001"
-        refused = http(server.url + URL, reading(), key=wrong_key)
+        refused = http(server.url + URL, READING, key=wrong_key)
         assert refused.status == 401
         invalid = http(server.url + URL + "?source=gw-1", {"type": "METER", "payload": {}}, key=key)
         assert invalid.status == 422

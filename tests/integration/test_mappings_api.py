@@ -9,27 +9,14 @@ from itertools import pairwise
 import pytest
 import sqlalchemy as sa
 
-from api import create_app
-from config import Settings
 from db.schema import DEVICE_ID_MAX_LENGTH, vehicle_meter_mapping
-from tests.conftest import with_api_key
+from tests.support.api import with_api_key
 
 URL = "/v1/mappings"
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 T1 = T0 + timedelta(days=10)
 T2 = T0 + timedelta(days=20)
-
-
-@pytest.fixture
-def app(clean_db):
-    app = create_app(Settings.from_env({}), engine=clean_db)
-    with_api_key(app, clean_db, "admin")
-    return app
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+pytestmark = pytest.mark.app(role="admin")
 
 
 def remap(client, vehicle_id: str, meter_id: str, valid_from: datetime | None = None):
@@ -295,8 +282,8 @@ def test_list_mappings_bad_query_is_422_naming_the_field(client, query, field):
     assert field in resp.get_json()["errors"]["query"]
 
 
-def test_mappings_change_needs_an_admin_key(clean_db):
-    app = create_app(Settings.from_env({}), engine=clean_db)
+def test_mappings_change_needs_an_admin_key(make_app, clean_db):
+    app = make_app(role=None)
     body = {"vehicleId": "v-auth", "meterId": "m-auth"}
     assert app.test_client().post("/v1/mappings", json=body).status_code == 401
     with_api_key(app, clean_db, "read")

@@ -9,7 +9,6 @@ import signal
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import port_for
@@ -20,12 +19,13 @@ from sqlalchemy.pool import QueuePool
 
 from api import create_app
 from config import Settings
-from db import keys
 from tests.integration.gunicorn_server import gunicorn, http, parent_pid
+from tests.support.api import keyed_client, new_key
+from tests.support.builders import meter_reading, vehicle_reading
 
 URL = "/v1/telemetry/ingest"
 INGEST_OK = {"endpoint": "ingest.Ingest", "method": "POST", "status_class": "2xx"}
-NOW = datetime.now(UTC).replace(microsecond=0)
+pytestmark = pytest.mark.app(FLEET_MAX_BODY_BYTES="65536")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -50,38 +50,13 @@ def scrape(client) -> Samples:
     return parse(resp.get_data(as_text=True))
 
 
-def meter(meter_id: str, minutes_ago: int = 5) -> dict:
-    ts = (NOW - timedelta(minutes=minutes_ago)).isoformat()
-    return {"type": "METER", "payload": {"meterId": meter_id, "kwhConsumedAc": 0.5, "voltage": 230, "timestamp": ts}}
-
-
-def vehicle(vehicle_id: str, minutes_ago: int = 5) -> dict:
-    ts = (NOW - timedelta(minutes=minutes_ago)).isoformat()
-    payload = {"vehicleId": vehicle_id, "soc": 50, "kwhDeliveredDc": 0.4, "batteryTemp": 30, "timestamp": ts}
-    return {"type": "VEHICLE", "payload": payload}
-
-
-def new_key(engine, role: str = "device") -> str:
-    with engine.begin() as conn:
-        return keys.create_key(conn, f"metrics-{role}", role)[1]
-
-
-def make_app(engine, **env: str):
-    return create_app(Settings.from_env({"FLEET_MAX_BODY_BYTES": "65536", **env}), engine=engine)
-
-
-def keyed(app, key: str):
-    client = app.test_client()
-    client.environ_base["HTTP_X_API_KEY"] = key
-    return client
-
-
-def test_metrics_count_stored_and_duplicates_by_device_type(clean_db):
-    client = keyed(make_app(clean_db), new_key(clean_db))
+def test_metrics_count_stored_and_duplicates_by_device_type(make_client):
+    client = make_client("device")
     before = scrape(client)
-    batch = [meter("mx-1"), meter("mx-2"), vehicle("vx-1")]
+    batch = [meter_reading("mx-1"), meter_reading("mx-2"), vehicle_reading("vx-1")]
     assert client.post(URL, json=batch).get_json() == {"received": 3, "stored": 3, "duplicates": 0}
-    assert client.post(URL, json=[*batch, meter("mx-3")]).get_json() == {"received": 4, "stored": 1, "duplicates": 3}
+    again = client.post(URL, json=[*batch, meter_reading("mx-3")])
+    assert again.get_json() == {"received": 4, "stored": 1, "duplicates": 3}
     after = scrape(client)
 
     def delta(name: str, device_type: str) -> float:
@@ -93,16 +68,16 @@ def test_metrics_count_stored_and_duplicates_by_device_type(clean_db):
     assert delta("fleet_readings_duplicates_total", "vehicle") == 1
 
 
-def test_metrics_count_rejections_by_status_and_reason(clean_db):
-    app = make_app(clean_db)
-    client = keyed(app, new_key(clean_db))
+def test_metrics_count_rejections_by_status_and_reason(make_app):
+    app = make_app("device")
+    client = app.test_client()
     before = scrape(client)
     assert client.post(URL, json={"type": "METER", "payload": {}}).status_code == 422
     assert client.post(URL, json={"type": "METER", "payload": {}}).status_code == 422
     assert client.post(URL, data="type=METER", content_type="application/x-www-form-urlencoded").status_code == 415
     assert client.post(URL, data='{"pad": "' + "x" * 70000 + '"}', content_type="application/json").status_code == 413
     assert client.post(URL, data='{"type": ', content_type="application/json").status_code == 400
-    assert keyed(app, "fk_" + "W" * 43).post(URL, json=meter("mx-9")).status_code == 401
+    assert keyed_client(app, "fk_" + "W" * 43).post(URL, json=meter_reading("mx-9")).status_code == 401
     after = scrape(client)
 
     def delta(status: str, reason: str) -> float:
@@ -118,12 +93,13 @@ def test_metrics_count_rejections_by_status_and_reason(clean_db):
     assert delta("401", "auth") == 1
 
 
-def test_metrics_latency_histogram_is_per_endpoint_without_device_ids(clean_db):
-    client = keyed(make_app(clean_db), new_key(clean_db))
+def test_metrics_latency_histogram_is_per_endpoint_without_device_ids(make_client):
+    client = make_client("device")
     labels = {"endpoint": "ingest.Ingest", "method": "POST", "status_class": "2xx"}
     before = scrape(client)
     for i in range(3):
-        assert client.post(URL, json=meter("device-id-that-must-not-be-a-label", minutes_ago=i + 1)).status_code == 200
+        reading = meter_reading("device-id-that-must-not-be-a-label", minutes_ago=i + 1)
+        assert client.post(URL, json=reading).status_code == 200
     assert client.get("/no/such/route").status_code == 404
     after = scrape(client)
 
@@ -138,10 +114,10 @@ def test_metrics_latency_histogram_is_per_endpoint_without_device_ids(clean_db):
     assert "/no/such/route" not in label_values
 
 
-def test_metrics_are_exempt_from_rate_limits(clean_db):
-    client = keyed(make_app(clean_db, FLEET_RATE_LIMIT="3/minute"), new_key(clean_db))
+def test_metrics_are_exempt_from_rate_limits(make_client):
+    client = make_client("device", FLEET_RATE_LIMIT="3/minute")
     before = scrape(client)
-    statuses = [client.post(URL, json=meter("mx-rl", minutes_ago=i + 1)).status_code for i in range(4)]
+    statuses = [client.post(URL, json=meter_reading("mx-rl", minutes_ago=i + 1)).status_code for i in range(4)]
     assert statuses == [200, 200, 200, 429]  # the scrape above did not use up any of the key's 3
     for _ in range(10):
         scrape(client)  # asserts 200 each time, well past the key's limit
@@ -158,7 +134,7 @@ def test_metrics_count_a_database_outage_as_unavailable_but_not_readiness_answer
     client = app.test_client()
     try:
         before = scrape(client)
-        assert keyed(app, "fk_" + "D" * 43).post(URL, json=meter("mx-down")).status_code == 503
+        assert keyed_client(app, "fk_" + "D" * 43).post(URL, json=meter_reading("mx-down")).status_code == 503
         assert client.get("/ready").status_code == 503  # the readiness document, not a refusal
         after = scrape(client)
     finally:
@@ -173,28 +149,27 @@ def test_metrics_count_a_database_outage_as_unavailable_but_not_readiness_answer
     assert delta("ops.Ready") == 0
 
 
-def test_metrics_access_public_read_admin_off(clean_db):
+def test_metrics_access_public_read_admin_off(make_app, clean_db):
     read_key, admin_key, device_key = new_key(clean_db, "read"), new_key(clean_db, "admin"), new_key(clean_db)
 
-    public = make_app(clean_db).test_client()
+    public = make_app().test_client()
     assert public.get("/metrics").status_code == 200
 
-    admin_only = make_app(clean_db, FLEET_METRICS="admin")
+    admin_only = make_app(FLEET_METRICS="admin")
     assert admin_only.test_client().get("/metrics").status_code == 401
-    assert keyed(admin_only, read_key).get("/metrics").status_code == 403
-    assert keyed(admin_only, admin_key).get("/metrics").status_code == 200
+    assert keyed_client(admin_only, read_key).get("/metrics").status_code == 403
+    assert keyed_client(admin_only, admin_key).get("/metrics").status_code == 200
 
-    read = make_app(clean_db, FLEET_METRICS="read")
-    assert keyed(read, device_key).get("/metrics").status_code == 403
-    assert keyed(read, read_key).get("/metrics").status_code == 200
+    read = make_app(FLEET_METRICS="read")
+    assert keyed_client(read, device_key).get("/metrics").status_code == 403
+    assert keyed_client(read, read_key).get("/metrics").status_code == 200
 
-    off = make_app(clean_db, FLEET_METRICS="off")
+    off = make_app(FLEET_METRICS="off")
     assert off.test_client().get("/metrics").status_code == 404
     assert "/metrics" not in off.test_client().get("/openapi.json").get_json()["paths"]
 
 
-def test_metrics_db_pool_gauges_follow_the_pool(clean_db):
-    client = make_app(clean_db).test_client()
+def test_metrics_db_pool_gauges_follow_the_pool(client, clean_db):
     pool = clean_db.pool
     size = pool.size() if isinstance(pool, QueuePool) else 0  # the embedded engine runs on a NullPool
     idle = scrape(client)
@@ -206,8 +181,8 @@ def test_metrics_db_pool_gauges_follow_the_pool(clean_db):
     assert value(scrape(client), "fleet_db_pool_connections_in_use") == 0
 
 
-def test_metrics_include_process_metrics(clean_db):
-    samples = scrape(make_app(clean_db).test_client())
+def test_metrics_include_process_metrics(client):
+    samples = scrape(client)
     assert value(samples, "process_resident_memory_bytes") > 0
     assert value(samples, "process_cpu_seconds_total") > 0
 
@@ -274,7 +249,7 @@ def test_metrics_add_up_over_gunicorn_workers(clean_db, tmp_path):
         batches = 0
 
         def post(i: int) -> int:
-            items = [meter(f"gm-{i}-{j}", minutes_ago=1) for j in range(5)]
+            items = [meter_reading(f"gm-{i}-{j}", minutes_ago=1) for j in range(5)]
             reply = http(server.url + URL, items, key=key)
             assert reply.status == 200, reply.body
             return reply.json()["stored"]

@@ -39,12 +39,12 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 import db
-from api import create_app
-from config import Settings
 from db.migrate import upgrade
 from jobs.correlation import refresh_correlation
-from tests.conftest import hold_timescaledb_jobs, native_url, proc_of, selected_engines, with_api_key
+from tests.conftest import hold_timescaledb_jobs, native_url, proc_of, selected_engines
 from tests.load.fleet_day import load_fleet_day, meter_id, vehicle_id
+from tests.support.api import build_client
+from tests.support.builders import meter_reading, vehicle_reading
 
 #: Meters and vehicles of the loaded day. At 300 the generic plan of the analytics' hourly sums took 2.5-3x its
 #: custom plan here (40 ms against 110 ms a request), well past SLOWDOWN.
@@ -124,24 +124,15 @@ def request_paths(client: FlaskClient) -> dict[str, Callable[[int], Any]]:
     def device(i: int) -> int:
         return 1 + (i * 37) % PLAN_FLEET  # spread over the fleet, never the same device twice in a row
 
-    def meter_reading(i: int, at: datetime) -> dict:
-        return {
-            "type": "METER",
-            "payload": {
-                "meterId": meter_id(device(i)),
-                "kwhConsumedAc": 0.12,
-                "voltage": 231.5,
-                "timestamp": at.isoformat(),
-            },
-        }
+    def meter(i: int, at: datetime) -> dict:
+        return meter_reading(meter_id(device(i)), kwh=0.12, voltage=231.5, at=at)
 
-    def vehicle_reading(i: int, at: datetime) -> dict:
-        payload = {"vehicleId": vehicle_id(device(i)), "soc": 55.5, "kwhDeliveredDc": 0.11, "batteryTemp": 24.5}
-        return {"type": "VEHICLE", "payload": {**payload, "timestamp": at.isoformat()}}
+    def vehicle(i: int, at: datetime) -> dict:
+        return vehicle_reading(vehicle_id(device(i)), soc=55.5, kwh=0.11, temp=24.5, at=at)
 
     def batch(i: int) -> list[dict]:
         at = now - timedelta(minutes=30, seconds=i)
-        return [meter_reading(i * 5 + k, at) for k in range(5)] + [vehicle_reading(i * 5 + k, at) for k in range(5)]
+        return [meter(i * 5 + k, at) for k in range(5)] + [vehicle(i * 5 + k, at) for k in range(5)]
 
     return {
         "24 h analytics": lambda i: client.get(
@@ -161,10 +152,10 @@ def request_paths(client: FlaskClient) -> dict[str, Callable[[int], Any]]:
         "alerts": lambda i: client.get("/v1/alerts", query_string={"status": "all", "page": 1 + i % 2}),
         "mappings": lambda i: client.get("/v1/mappings", query_string={"vehicleId": vehicle_id(device(i))}),
         "ingest, one meter reading": lambda i: client.post(
-            "/v1/telemetry/ingest", json=meter_reading(i, now - timedelta(minutes=10, seconds=i))
+            "/v1/telemetry/ingest", json=meter(i, now - timedelta(minutes=10, seconds=i))
         ),
         "ingest, one vehicle reading": lambda i: client.post(
-            "/v1/telemetry/ingest", json=vehicle_reading(i, now - timedelta(minutes=10, seconds=i))
+            "/v1/telemetry/ingest", json=vehicle(i, now - timedelta(minutes=10, seconds=i))
         ),
         "ingest, a batch of 10": lambda i: client.post("/v1/telemetry/ingest", json=batch(i)),
         "readiness": lambda i: client.get("/ready"),
@@ -175,9 +166,7 @@ def test_every_request_statement_keeps_its_plan_on_one_connection(loaded_url: st
     engine = db.make_engine(loaded_url, pool_size=1)  # the app's engine, with one connection for everything
     try:
         times = StatementTimes(engine)
-        app = create_app(Settings.from_env({"FLEET_RATE_LIMIT": "off"}), engine=engine)
-        with_api_key(app, engine, "admin")  # admin may read and ingest
-        client = app.test_client()
+        client = build_client(engine, "admin", FLEET_RATE_LIMIT="off")  # admin may read and ingest
         request_seconds: dict[str, list[float]] = defaultdict(list)
         paths = request_paths(client)
         for i in range(CALLS):

@@ -34,6 +34,8 @@ from config import Settings
 from db import keys
 from db.migrate import upgrade
 from tests.conftest import PG_BIN, PG_LIB, TIMESCALEDB_OPTIONS, cluster_dir, make_test_engine, selected_engines
+from tests.support.api import new_key
+from tests.support.builders import meter_reading, vehicle_reading
 
 pytestmark = pytest.mark.native
 
@@ -198,31 +200,8 @@ def app(replication: Replication) -> Iterator[Flask]:
     wait_for_replay(replication)
 
 
-def _key(engine: Engine, role: str) -> str:
-    with engine.begin() as conn:
-        return keys.create_key(conn, f"replica-{role}", role)[1]
-
-
-def _meter(meter_id: str, at: datetime, kwh: float) -> dict[str, Any]:
-    return {
-        "type": "METER",
-        "payload": {"meterId": meter_id, "kwhConsumedAc": kwh, "voltage": 230, "timestamp": at.isoformat()},
-    }
-
-
-def _vehicle(vehicle_id: str, at: datetime, kwh: float) -> dict[str, Any]:
-    payload = {
-        "vehicleId": vehicle_id,
-        "soc": 50,
-        "kwhDeliveredDc": kwh,
-        "batteryTemp": 30,
-        "timestamp": at.isoformat(),
-    }
-    return {"type": "VEHICLE", "payload": payload}
-
-
 def test_read_endpoints_are_served_by_the_replica_and_writes_by_the_primary(app, replication):
-    admin_key, read_key = _key(replication.primary, "admin"), _key(replication.primary, "read")
+    admin_key, read_key = new_key(replication.primary, "admin"), new_key(replication.primary, "read")
     client = app.test_client()
     admin = {"X-API-Key": admin_key}
     now = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -234,7 +213,9 @@ def test_read_endpoints_are_served_by_the_replica_and_writes_by_the_primary(app,
     mapped = client.post("/v1/mappings", json=mapping, headers=admin)
     assert mapped.status_code == 201, mapped.json
     stored = client.post(
-        "/v1/telemetry/ingest", json=[_meter("rep-m", t0, 0.5), _vehicle("rep-v", t0, 0.45)], headers=admin
+        "/v1/telemetry/ingest",
+        json=[meter_reading("rep-m", at=t0, kwh=0.5), vehicle_reading("rep-v", at=t0, kwh=0.45)],
+        headers=admin,
     )
     assert stored.json == {"received": 2, "stored": 2, "duplicates": 0}
     wait_for_replay(replication)
@@ -267,7 +248,9 @@ def test_read_endpoints_are_served_by_the_replica_and_writes_by_the_primary(app,
     pause_replay(replication)
     # Writes go to the primary: accepted while the standby replays nothing (and could not accept them anyway).
     stored = client.post(
-        "/v1/telemetry/ingest", json=[_meter("rep-m", t1, 0.7), _vehicle("rep-v", t1, 0.6)], headers=admin
+        "/v1/telemetry/ingest",
+        json=[meter_reading("rep-m", at=t1, kwh=0.7), vehicle_reading("rep-v", at=t1, kwh=0.6)],
+        headers=admin,
     )
     assert stored.json == {"received": 2, "stored": 2, "duplicates": 0}
     with replication.primary.begin() as conn:
@@ -282,7 +265,7 @@ def test_read_endpoints_are_served_by_the_replica_and_writes_by_the_primary(app,
 
     # Key lookups stay on the primary: a key created now works at once, a key revoked now is refused at once,
     # although the standby knows neither change.
-    newer_key = _key(replication.primary, "read")
+    newer_key = new_key(replication.primary, "read")
     assert client.get("/v1/meters/rep-m", headers={"X-API-Key": newer_key}).status_code == 200
     with replication.primary.begin() as conn:
         read_key_id = keys.find_active_key(conn, read_key).id

@@ -70,10 +70,10 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import Engine
 
 import db
-from db import keys
 from db.migrate import upgrade
 from tests.conftest import cluster_dir, native_executor
 from tests.integration.gunicorn_server import Server, gunicorn, http, parent_pid
+from tests.support.api import device_key
 
 pytestmark = pytest.mark.native
 
@@ -183,11 +183,6 @@ def server(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     log = tmp_path_factory.mktemp("reliability-gunicorn") / "gunicorn.log"
     with gunicorn(env, log, workers=WORKERS, threads=THREADS) as srv:
         yield srv
-
-
-def device_key(eng: Engine) -> str:
-    with eng.begin() as conn:
-        return keys.create_key(conn, "reliability", "device")[1]
 
 
 def worker_pids(master: int) -> set[int]:

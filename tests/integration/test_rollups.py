@@ -16,21 +16,11 @@ from sqlalchemy.engine import Engine
 
 from db import edition
 from tests.conftest import is_community
+from tests.support.builders import INSERT_MAPPING, INSERT_METER, INSERT_VEHICLE
 
 # Two days back: inside the refresh window and the retention, not yet compressed.
 WINDOW_START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
 WINDOW_END = WINDOW_START + timedelta(hours=4)
-
-INSERT_METER = sa.text(
-    "INSERT INTO meter_readings (meter_id, recorded_at, kwh_consumed_ac, voltage) VALUES (:id, :t, :kwh, :v)"
-)
-INSERT_VEHICLE = sa.text(
-    "INSERT INTO vehicle_readings (vehicle_id, recorded_at, soc, kwh_delivered_dc, battery_temp)"
-    " VALUES (:id, :t, :soc, :kwh, :temp)"
-)
-INSERT_MAPPING = sa.text(
-    "INSERT INTO vehicle_meter_mapping (vehicle_id, meter_id, valid_from, valid_to) VALUES (:v, :m, :f, :t)"
-)
 
 
 def make_dataset(prefix: str, seed: int = 7) -> dict[str, list[dict]]:
