@@ -58,15 +58,6 @@ from db.schema import ALERT_KINDS, DEVICE_ID_MAX_LENGTH, alerts, meters_current,
 
 HOUR = timedelta(hours=1)
 
-#: Defaults of scan(); the platform's configuration (api/config.py) carries the same values.
-DEFAULT_WINDOW = timedelta(hours=24)
-DEFAULT_CORRELATION_WINDOW = timedelta(hours=1)
-DEFAULT_EFFICIENCY_THRESHOLD = 0.85
-DEFAULT_SILENT_MINUTES = 15
-DEFAULT_MIN_READINGS = 30
-DEFAULT_CORRELATION_MIN_MATCH_RATE = 0.5
-DEFAULT_MIN_AC_KWH = 1.0
-
 #: First key of the two-int advisory lock that serialises scans (see lock_scans); two-int keys never
 #: collide with one-bigint ones such as the migration lock, nor with the mapping lock's class.
 SCAN_LOCK_CLASS = 0x616C72  # "alr"
@@ -155,18 +146,20 @@ def scan(
     conn: Connection,
     *,
     now: datetime | None = None,
-    window: timedelta = DEFAULT_WINDOW,
-    correlation_window: timedelta = DEFAULT_CORRELATION_WINDOW,
-    efficiency_threshold: float = DEFAULT_EFFICIENCY_THRESHOLD,
-    silent_minutes: int = DEFAULT_SILENT_MINUTES,
-    min_readings: int = DEFAULT_MIN_READINGS,
-    correlation_min_match_rate: float = DEFAULT_CORRELATION_MIN_MATCH_RATE,
-    min_ac_kwh: float = DEFAULT_MIN_AC_KWH,
+    window: timedelta,
+    correlation_window: timedelta,
+    efficiency_threshold: float,
+    silent_minutes: int,
+    min_readings: int,
+    correlation_min_match_rate: float,
+    min_ac_kwh: float,
     community: bool | None = None,
 ) -> ScanStats:
     """Open, refresh and resolve alerts of every kind; one statement per kind, inside the caller's transaction.
 
-    `now` defaults to the database's clock; the windows must be whole numbers of hours. `community` picks the
+    The thresholds and windows have no defaults here: they are settings (FLEET_ALERT_*, declared in config/),
+    passed by jobs.alerts.scan_alerts. `now` defaults to the database's clock; the windows must be whole numbers of
+    hours. `community` picks the
     continuous aggregates (True) or the hypertables (False) for the efficiency totals; None reads the edition.
     """
     for name, length in (("window", window), ("correlation_window", correlation_window)):

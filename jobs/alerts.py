@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -28,20 +29,24 @@ from db import alerts
 logger = logging.getLogger(__name__)
 
 
+def scan_parameters(settings: Settings) -> dict[str, Any]:
+    """db.alerts.scan's thresholds and windows: the settings' (their one declaration is in config/)."""
+    return {
+        "window": timedelta(hours=settings.alert_window_hours),
+        "correlation_window": timedelta(hours=settings.correlation_window_hours),
+        "efficiency_threshold": settings.efficiency_alert_threshold,
+        "silent_minutes": settings.silent_minutes,
+        "min_readings": settings.alert_min_readings,
+        "correlation_min_match_rate": settings.correlation_min_match_rate,
+        "min_ac_kwh": settings.alert_min_ac_kwh,
+    }
+
+
 def scan_alerts(engine: Engine, settings: Settings) -> alerts.ScanStats:
     """One alert scan with the settings' thresholds and windows, by the database's clock; one transaction."""
     with db.transaction(engine) as conn:
         alerts.lock_scans(conn)
-        stats = alerts.scan(
-            conn,
-            window=timedelta(hours=settings.alert_window_hours),
-            correlation_window=timedelta(hours=settings.correlation_window_hours),
-            efficiency_threshold=settings.efficiency_alert_threshold,
-            silent_minutes=settings.silent_minutes,
-            min_readings=settings.alert_min_readings,
-            correlation_min_match_rate=settings.correlation_min_match_rate,
-            min_ac_kwh=settings.alert_min_ac_kwh,
-        )
+        stats = alerts.scan(conn, **scan_parameters(settings))
     for kind, counts in stats.by_kind().items():
         logger.info(
             "alert scan %s: opened %d, refreshed %d, resolved %d",

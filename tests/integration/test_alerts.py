@@ -24,7 +24,7 @@ from cli import main
 from config import Settings
 from db import alerts as db_alerts
 from db.schema import alerts as alerts_table
-from jobs.alerts import scan_alerts
+from jobs.alerts import scan_alerts, scan_parameters
 from tests.conftest import is_community
 from tests.support.api import build_client, with_api_key
 from tests.support.cli import cli_env
@@ -54,8 +54,13 @@ def utc_iso(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+#: The scan's thresholds as the platform runs them by default (FLEET_ALERT_* unset).
+DEFAULTS = scan_parameters(Settings.from_env({}))
+
+
 def scan(eng: Engine, now: datetime, **kwargs: Any) -> db_alerts.ScanStats:
     params: dict[str, Any] = {
+        **DEFAULTS,
         "window": 2 * HOUR,
         "correlation_window": 2 * HOUR,
         "min_readings": MIN_READINGS,
@@ -478,13 +483,13 @@ def test_concurrent_scans_cannot_open_two_alerts_for_one_device(client, clean_db
 
     def scan_b() -> None:
         with clean_db.begin() as conn_b:
-            second["stats"] = db_alerts.scan(conn_b, now=now, silent_minutes=15)
+            second["stats"] = db_alerts.scan(conn_b, now=now, **{**DEFAULTS, "silent_minutes": 15})
 
     thread = threading.Thread(target=scan_b)
     with clean_db.connect() as conn_a:
         try:
             tx_a = conn_a.begin()
-            first = db_alerts.scan(conn_a, now=now, silent_minutes=15)  # inserted, not yet committed
+            first = db_alerts.scan(conn_a, now=now, **{**DEFAULTS, "silent_minutes": 15})  # inserted, not yet committed
             assert first.silent_device.opened == 20
             thread.start()
             # B reaches the conflicting insert and waits for A's transaction to end.

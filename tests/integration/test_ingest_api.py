@@ -237,3 +237,22 @@ def test_ingest_cumulative_energy_is_refused_saying_a_reading_is_its_own_interva
         (message,) = resp.get_json()["errors"]["json"]["payload"][field]
         assert "own interval" in message and "cumulative" in message and "100 kWh" in message, message
     assert counts(clean_db) == dict.fromkeys(counts(clean_db), 0)
+
+
+def test_ingest_energy_bound_is_the_setting_it_names(make_client, clean_db):
+    # A fleet whose devices report every 30 minutes may raise it: 125.5 kWh is then one interval's energy.
+    client = make_client(FLEET_MAX_INTERVAL_KWH="150")
+    assert client.post(URL, json=meter(kwh=125.5)).get_json()["stored"] == 1
+    resp = client.post(URL, json=vehicle(kwh=150.5))
+    assert resp.status_code == 422
+    (message,) = resp.get_json()["errors"]["json"]["payload"]["kwhDeliveredDc"]
+    assert "150 kWh" in message and "FLEET_MAX_INTERVAL_KWH" in message, message
+    assert counts(clean_db)["meter_readings"] == 1 and counts(clean_db)["vehicle_readings"] == 0
+
+
+def test_ingest_energy_over_the_bound_is_named_beside_other_bad_fields(client, clean_db):
+    bad = meter(kwh=125.5)
+    bad["payload"]["voltage"] = 5000
+    resp = client.post(URL, json=bad)
+    assert resp.status_code == 422
+    assert set(resp.get_json()["errors"]["json"]["payload"]) == {"kwhConsumedAc", "voltage"}

@@ -67,8 +67,30 @@ def test_alert_settings_bad_value_names_the_variable(name, value):
     ],
 )
 def test_scan_refuses_bad_arguments_before_touching_the_database(kwargs):
+    valid = {
+        "window": timedelta(hours=24),
+        "correlation_window": timedelta(hours=1),
+        "efficiency_threshold": 0.85,
+        "silent_minutes": 15,
+        "min_readings": 30,
+        "correlation_min_match_rate": 0.5,
+        "min_ac_kwh": 1.0,
+    }
     with pytest.raises(ValueError):
-        alerts.scan(None, **kwargs)  # type: ignore[arg-type]
+        alerts.scan(None, **{**valid, **kwargs})  # type: ignore[arg-type]  # None: refused before it is used
+
+
+def test_scan_takes_its_thresholds_from_the_settings_only():
+    """No second copy of the defaults in db/: scan() has none, the job passes the declared settings'."""
+    import inspect
+
+    from jobs.alerts import scan_parameters
+
+    signature = inspect.signature(alerts.scan)
+    thresholds = [name for name in signature.parameters if name not in ("conn", "now", "community")]
+    assert all(signature.parameters[name].default is inspect.Parameter.empty for name in thresholds)
+    assert sorted(scan_parameters(Settings.from_env({}))) == sorted(thresholds)
+    assert scan_parameters(Settings.from_env({"FLEET_ALERT_WINDOW_HOURS": "6"}))["window"] == timedelta(hours=6)
 
 
 def test_evaluation_window_is_whole_hours_before_now():
