@@ -34,6 +34,7 @@ nothing is shed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -219,6 +220,7 @@ class QueueTimedThreadWorker(ThreadWorker):
         settings = Settings.from_env()
         self._io_bounds = (settings.request_read_timeout_s, settings.response_write_timeout_s)
         self._lanes_lock = threading.Lock()
+        self._lingering: dict[socket.socket, tuple[float, int]] = {}  # half-closed: (deadline, bytes drained)
         self._reads: deque[Any] = deque()
         self._ingest: deque[Any] = deque()
         self._ingest_lines: tuple[bytes, ...] | None = None  # set at the first request: the app is loaded by then
@@ -228,6 +230,7 @@ class QueueTimedThreadWorker(ThreadWorker):
         if type(conn) is TConn:  # a new connection: its requests get the client's time bounds (api/client_io.py)
             conn.__class__ = BoundedConn
             conn.fleet_io_bounds = self._io_bounds
+            conn.fleet_linger = self.linger
         head = arrived_head(conn)
         if head is not None and not head.complete and not self.cfg.is_ssl:
             self._await_head(conn)
@@ -242,6 +245,44 @@ class QueueTimedThreadWorker(ThreadWorker):
         # One task per queued connection: each takes the connection due next, reads first.
         fs = self.tpool.submit(self._handle_next)
         fs.add_done_callback(lambda fut: self.method_queue.defer(self._finish_next, fut))
+
+    def linger(self, sock: socket.socket) -> None:
+        """Close `sock` gracefully without blocking the event loop: half-close now, then read what the peer still
+        sends until it closes, LINGER_S at most (RFC 9112 section 9.6: an abrupt close with unread data sends a
+        reset that can truncate the last answer)."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, functools.partial(self._linger_readable, sock))
+        except (OSError, ValueError, KeyError):
+            sock.close()
+            return
+        self._lingering[sock] = (time.monotonic() + LINGER_S, 0)
+
+    def _linger_readable(self, sock: socket.socket, _fileobj: Any) -> None:
+        deadline, drained = self._lingering.get(sock, (0.0, 0))
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data and drained + len(data) < LINGER_MAX_BYTES:
+            self._lingering[sock] = (deadline, drained + len(data))
+        else:
+            self._end_linger(sock)
+
+    def _end_linger(self, sock: socket.socket) -> None:
+        self._lingering.pop(sock, None)
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            self.poller.unregister(sock)
+        sock.close()
+
+    def murder_pending(self) -> None:
+        super().murder_pending()
+        now = time.monotonic()
+        for sock in [s for s, (deadline, _) in self._lingering.items() if deadline <= now]:
+            self._end_linger(sock)
 
     def _await_head(self, conn: Any) -> None:
         """Wait in the poller, without a thread, until the request's head has arrived: a slowloris client (a
@@ -285,6 +326,10 @@ def _ingest_request_lines(app: Any) -> tuple[bytes, ...]:
     paths = middleware.ingest if isinstance(middleware, AdmissionMiddleware) else frozenset()
     return tuple(b"POST " + path.encode() + end for path in sorted(paths) for end in (b" ", b"?"))
 
+
+#: A connection closed gracefully is read from for this long at most (gthread's own linger), or this much.
+LINGER_S = 2.0
+LINGER_MAX_BYTES = 65536
 
 #: Bytes of a request's start peeked at: its request line and headers. A head that fills them is left to gunicorn's
 #: own limits (limit_request_line, limit_request_fields).

@@ -103,7 +103,7 @@ class _BoundedPageParser(FlaskParser):
 
 class Blueprint(flask_smorest.Blueprint):
     """flask-smorest's Blueprint with the strict JSON body parser, bounded page numbers, the API's page sizes, and
-    query strings held to what each operation declares.
+    query strings held to what each operation declares (listings, status, analytics, alerts, mappings).
 
     Unknown query parameters are a 400 naming them (`strict_query=False` lifts it for a blueprint): webargs and
     flask-smorest drop them silently, so `/v1/analytics/fleet?belowTreshold=true` (a typo) answered with the
@@ -145,8 +145,10 @@ def _refuse_unknown_query_parameters() -> None:
     key = (request.endpoint, request.method)
     known = _known_query_parameters.get(key)
     if known is None:
-        view = current_app.view_functions[request.endpoint]
-        method = getattr(getattr(view, "view_class", None), request.method.lower(), view)
+        view_class = getattr(current_app.view_functions[request.endpoint], "view_class", None)
+        method = getattr(view_class, "get" if request.method == "HEAD" else request.method.lower(), None)
+        if method is None:  # OPTIONS, or a method the view lacks: Flask answers (the allowed methods, a 405)
+            return
         known = _known_query_parameters[key] = _declared_query_parameters(method)
     unknown = sorted(set(request.args) - known)
     if unknown:

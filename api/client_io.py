@@ -85,10 +85,22 @@ class BoundedConn(TConn):  # type: ignore[misc]  # gunicorn is untyped
     `fleet_io_bounds` (read, write seconds) is set on the instance by the worker."""
 
     fleet_io_bounds: tuple[float, float]
+    #: The worker's non-blocking graceful close (QueueTimedThreadWorker.linger), set by the worker.
+    fleet_linger: Any = None
 
     def init(self) -> None:
         super().init()  # blocking socket and parser on first use; nothing after that
         bound_connection(self, *self.fleet_io_bounds)
+
+    def close(self, graceful: bool = False) -> None:
+        # gthread closes gracefully in the worker's event loop (its main thread): it half-closes, then reads until
+        # the peer closes, for up to 2 s. A client that keeps the connection open after its last answer (a slow
+        # reader cut off, or on purpose) held the whole worker that long: no accept, no dispatch. The worker
+        # lingers in its poller instead.
+        if graceful and self.fleet_linger is not None:
+            self.fleet_linger(self.sock)
+        else:
+            super().close(graceful)
 
 
 class SlowReaderLogFilter(logging.Filter):

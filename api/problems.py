@@ -17,7 +17,7 @@ from flask_smorest.pagination import PaginationMetadataSchema
 from flask_smorest.utils import prepare_response
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from werkzeug.exceptions import HTTPException, ServiceUnavailable
+from werkzeug.exceptions import ClientDisconnected, HTTPException, ServiceUnavailable
 
 from api.client_io import RequestReadTimeout
 from db import errors
@@ -120,7 +120,15 @@ def init_app(app: Flask) -> None:
     def read_timeout(exc: RequestReadTimeout) -> Any:
         return _problem(408, "Request Timeout", f"{exc}: send the whole request in time", {"Connection": "close"})
 
+    def body_cut_short(exc: ClientDisconnected) -> Any:
+        # Werkzeug reads a body of known length through its LimitedStream, which turns any read error into
+        # ClientDisconnected (400); the read bound's error is kept as its context.
+        if isinstance(exc.__context__, RequestReadTimeout):
+            return read_timeout(exc.__context__)
+        return _problem(400, "Bad Request", str(exc.description))
+
     app.register_error_handler(RequestReadTimeout, read_timeout)
+    app.register_error_handler(ClientDisconnected, body_cut_short)
     app.register_error_handler(errors.NotFound, not_found)
     app.register_error_handler(errors.Conflict, conflict)
     app.register_error_handler(OperationalError, database_unavailable)

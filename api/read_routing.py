@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -91,7 +92,14 @@ class ReadRouter:
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
         if replica is not None:
-            event.listen(replica, "handle_error", self._on_error)
+            # Through a weak reference: the engine must not keep a dropped app's router (and its probe) alive.
+            router = weakref.ref(self)
+
+            def on_error(context: Any) -> None:
+                if (alive := router()) is not None:
+                    alive._on_error(context)
+
+            event.listen(replica, "handle_error", on_error)
 
     def engine(self) -> Engine:
         """The engine for a read now; ReplicaUnavailable (a 503) when the replica may not be replaced."""
@@ -111,6 +119,7 @@ class ReadRouter:
         """For /ready: the replica's state and where reads go; None without a replica."""
         if self.replica is None:
             return None
+        self._ensure_prober()
         state = self._state
         reads_go_to = "replica" if state.usable else ("primary" if self.fallback == "primary" else "nowhere (503)")
         described = {k: v for k, v in asdict(state).items() if k != "checked_at"}
@@ -143,7 +152,9 @@ class ReadRouter:
             REPLICA_LAG.set(state.lag_s)
 
     def _on_error(self, context: Any) -> None:
-        if context.is_disconnect or isinstance(context.sqlalchemy_exception, sa.exc.OperationalError):
+        # A lost connection or a failed connect: the replica itself. A statement that failed there (a timeout, a
+        # conflict with recovery) says nothing about the replica's health.
+        if context.is_disconnect or context.connection is None:
             self._set(ReplicaState(False, f"failed a read: {_first_line(context.original_exception)}", None, None))
 
     def _ensure_prober(self) -> None:
@@ -153,16 +164,22 @@ class ReadRouter:
         with self._lock:
             if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
                 self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._probe_forever, name="fleet-replica-probe", daemon=True)
+                self._thread = threading.Thread(
+                    target=_probe_while_used, args=(weakref.ref(self),), name="fleet-replica-probe", daemon=True
+                )
                 self._thread.start()
 
-    def _probe_forever(self) -> None:
-        while True:
-            try:
-                self.probe()
-            except Exception:  # a bug must not end the probing: the state would freeze
-                logger.exception("read replica probe failed")
-            time.sleep(self.check_every_s)
+
+def _probe_while_used(router_ref: weakref.ref[ReadRouter]) -> None:
+    """Probe until the router is gone (an app that was dropped: tests build many)."""
+    while (router := router_ref()) is not None:
+        try:
+            router.probe()
+        except Exception:  # a bug must not end the probing: the state would freeze
+            logger.exception("read replica probe failed")
+        pause = router.check_every_s
+        del router  # no strong reference while sleeping
+        time.sleep(pause)
 
 
 def _first_line(exc: BaseException) -> str:

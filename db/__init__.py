@@ -102,10 +102,14 @@ class _RequestDeadlines:
         self.grace_s = grace_s
 
     def listen(self) -> None:
-        event.listen(self.engine, "checkout", self._checkout)
+        # First among the checkout listeners: the idle ping (_PingAfterIdle) runs under the deadline too.
+        event.listen(self.engine, "checkout", self._checkout, insert=True)
         event.listen(self.engine, "checkin", self._checkin)
 
     def _checkout(self, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        stale = record.info.pop("fleet_deadline", None)  # a checkout retried after a failed ping
+        if stale is not None:
+            DEADLINES.disarm(stale)
         bounds = request_bounds.get()
         if bounds is not None and bounds.statement_ms > 0:
             record.info["fleet_deadline"] = DEADLINES.arm(dbapi_connection, bounds.statement_ms / 1000 + self.grace_s)

@@ -45,6 +45,10 @@ KEEPALIVE_CONNECT_ARGS: dict[str, int] = {
 }
 
 
+#: The watchdog's resolution: a deadline is enforced up to this late.
+TICK_S = 0.1
+
+
 @dataclass(frozen=True)
 class StatementBounds:
     """A request class's bounds: PostgreSQL's statement_timeout and lock_timeout, milliseconds (0: none)."""
@@ -110,7 +114,9 @@ class Deadlines:
                 deadline, token = self._heap[0]
                 wait = deadline - time.monotonic()
                 if wait > 0:
-                    self._lock.wait(wait)
+                    # At least a tick: most entries were disarmed long before they come up, and waking for each
+                    # one (hundreds a second under load) would cost the workers' threads the GIL that often.
+                    self._lock.wait(max(wait, TICK_S))
                     continue
                 heapq.heappop(self._heap)
                 expired = self._armed.pop(token, None)

@@ -7,7 +7,9 @@ from api.ingest import service
 from api.ingest.schemas import IngestResultSchema, readings_body
 from api.problems import PROBLEM_JSON, ProblemSchema
 
-blp = Blueprint("ingest", __name__, url_prefix="/v1/telemetry", description="Device readings")
+# Not strict about the query string: a query parameter filters nothing here, and devices in the field (firmware
+# that adds `?source=gw-1`, say) must not start failing; listings and analytics are where a typo misleads.
+blp = Blueprint("ingest", __name__, url_prefix="/v1/telemetry", description="Device readings", strict_query=False)
 
 #: Error answers are problem documents (documented with that content type, not flask-smorest's application/json).
 _PROBLEM = {"schema": ProblemSchema, "content_type": PROBLEM_JSON}

@@ -6,7 +6,9 @@ from api.blueprint import Blueprint
 from api.ops import service
 from api.ops.schemas import HealthSchema, ReadinessSchema
 
-blp = Blueprint("ops", __name__, description="Liveness and readiness")
+# Not strict about the query string: load balancers and probes may add parameters of their own to /health and
+# /ready (tests/integration/test_hostile_input.py), which carry no filter a typo could defeat.
+blp = Blueprint("ops", __name__, description="Liveness and readiness", strict_query=False)
 
 
 @blp.route("/health")

@@ -255,7 +255,8 @@ def test_metrics_add_up_over_gunicorn_workers(clean_db, tmp_path):
             return reply.json()["stored"]
 
         with ThreadPoolExecutor(max_workers=8) as pool:
-            while len(_stored_by_pid(metrics_dir)) < 2 or batches < 40:
+            # Until both workers have stored some (a worker's file exists, with 0, before its first request).
+            while sum(v > 0 for v in _stored_by_pid(metrics_dir).values()) < 2 or batches < 40:
                 assert batches < 400, f"the two workers did not both take requests: {_stored_by_pid(metrics_dir)}"
                 stored += sum(pool.map(post, range(batches, batches + 20)))
                 batches += 20

@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +36,7 @@ from config import Settings
 from db import keys
 from db.migrate import upgrade
 from tests.conftest import PG_BIN, PG_LIB, TIMESCALEDB_OPTIONS, cluster_dir, make_test_engine, selected_engines
+from tests.integration.gunicorn_server import gunicorn, http
 from tests.support.api import new_key
 from tests.support.builders import meter_reading, vehicle_reading
 
@@ -77,6 +80,7 @@ class Replication:
     standby: Engine
     primary_url: str
     standby_url: str
+    standby_proc: PostgreSQLExecutor
 
 
 def _url(proc: PostgreSQLExecutor) -> str:
@@ -158,6 +162,7 @@ def replication() -> Iterator[Replication]:
                     standby=make_test_engine("native", _url(standby)),
                     primary_url=_url(primary),
                     standby_url=_url(standby),
+                    standby_proc=standby,
                 )
                 try:
                     assert _scalar(rep.standby, "SELECT pg_is_in_recovery()") is True
@@ -319,3 +324,186 @@ def test_read_engine_cannot_write_even_when_its_url_names_a_primary(replication)
     finally:
         read_engine.dispose()
         app.extensions["fleet.db"].dispose()
+
+
+# --- a replica that goes away or falls behind (issue 16) -----------------------------------------------------
+
+#: The replica is probed this often by each API process in these tests (FLEET_READ_REPLICA_CHECK_S).
+CHECK_S = 0.2
+#: Reads that may still fail once the replica stops: those in flight, and those started before the next probe.
+FALLBACK_BOUND_S = 2.0
+#: Slowest answer allowed: a read on a replica that just went away fails at once (connection reset or refused).
+LONGEST_BOUND_S = 3.5
+
+
+def _restart_standby(rep: Replication) -> None:
+    if not rep.standby_proc.running():
+        rep.standby_proc.start()
+    rep.standby.dispose()
+
+    def streaming() -> bool:
+        try:
+            return _scalar(rep.standby, "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'") == 1
+        except sa.exc.OperationalError:  # still starting up (not yet accepting connections)
+            return False
+
+    _wait("the standby to stream again", streaming)
+    wait_for_replay(rep)
+
+
+@dataclass
+class Exchange:
+    started: float
+    latency: float
+    status: int
+    retry_after: str | None
+
+
+class _Traffic:
+    """A device posting new readings and a dashboard reading status and analytics, against one server."""
+
+    def __init__(self, url: str, device_key: str, read_key: str) -> None:
+        self.url, self.device_key, self.read_key = url, device_key, read_key
+        self.stop = threading.Event()
+        self.writes: list[tuple[Exchange, str]] = []
+        self.reads: list[Exchange] = []
+        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._write, self._read)]
+        for thread in self.threads:
+            thread.start()
+
+    def _timed(self, path: str, body: object | None, key: str) -> Exchange:
+        started = time.monotonic()
+        reply = http(self.url + path, body, key=key)
+        return Exchange(started, time.monotonic() - started, reply.status, reply.headers.get("retry-after"))
+
+    def _write(self) -> None:
+        base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            at = base + timedelta(seconds=n)
+            exchange = self._timed("/v1/telemetry/ingest", meter_reading("lost-m", at=at), self.device_key)
+            self.writes.append((exchange, at.isoformat()))
+            time.sleep(0.05)
+
+    def _read(self) -> None:
+        while not self.stop.is_set():
+            for path in ("/v1/meters/lost-m", "/v1/meters", "/v1/analytics/fleet"):
+                self.reads.append(self._timed(path, None, self.read_key))
+            time.sleep(0.05)
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+
+@pytest.mark.parametrize("fallback", ["primary", "unavailable"])
+def test_replica_stopped_mid_run_reads_fall_back_and_ingest_goes_on(replication, tmp_path, fallback):
+    env = {
+        "DATABASE_URL": replication.primary_url,
+        "DATABASE_READ_URL": replication.standby_url,
+        "FLEET_RATE_LIMIT": "off",
+        "FLEET_READ_REPLICA_CHECK_S": str(CHECK_S),
+        "FLEET_READ_REPLICA_FALLBACK": fallback,
+    }
+    device_key, read_key = new_key(replication.primary, "device"), new_key(replication.primary, "read")
+    try:
+        with gunicorn(env, tmp_path / "gunicorn.log", workers=2, threads=2) as server:
+            traffic = _Traffic(server.url, device_key, read_key)
+            try:
+                time.sleep(2.0)
+                ready_before = http(server.url + "/ready").json()["replica"]
+                replication.standby_proc.stop()
+                stopped_at = time.monotonic()
+                time.sleep(2 * FALLBACK_BOUND_S)
+                ready_down = http(server.url + "/ready")
+                metrics = http(server.url + "/metrics").body.decode()
+                _restart_standby(replication)
+                restarted_at = time.monotonic()
+                # Each worker finds it well again at its next probe (after a failed connect, its engine waits a
+                # second before it tries the replica again).
+                deadline = restarted_at + 10
+                while (ready_after := http(server.url + "/ready").json()["replica"])["usable"] is not True:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
+            finally:
+                traffic.finish()
+    finally:
+        _restart_standby(replication)
+
+    with replication.primary.connect() as conn:
+        stored = [
+            r.astimezone(UTC).isoformat()
+            for r in conn.execute(sa.text("SELECT recorded_at FROM meter_readings WHERE meter_id = 'lost-m'")).scalars()
+        ]
+    with replication.primary.begin() as conn:
+        conn.execute(sa.text("TRUNCATE meter_readings, meters_current, api_keys"))
+    acknowledged = [at for exchange, at in traffic.writes if exchange.status == 200]
+    down = [r for r in traffic.reads if stopped_at + FALLBACK_BOUND_S <= r.started < restarted_at]
+    longest = max(e.latency for e in [*traffic.reads, *(w for w, _ in traffic.writes)])
+    print(
+        f"\n[replica lost, fallback {fallback}] sent={len(traffic.writes)} acknowledged={len(acknowledged)}"
+        f" stored={len(stored)} duplicated={len(stored) - len(set(stored))}, reads={len(traffic.reads)}"
+        f" reads while down={dict(Counter(r.status for r in down))},"
+        f" longest={longest * 1000:.0f} ms, ready while down={ready_down.status} {ready_down.json()['replica']}"
+    )
+    assert ready_before["usable"] is True and ready_before["reads_go_to"] == "replica"
+    # Ingest never noticed: every reading acknowledged, stored exactly once.
+    assert {w.status for w, _ in traffic.writes} == {200}
+    assert sorted(stored) == sorted(acknowledged) and len(set(stored)) == len(stored)
+    assert longest <= LONGEST_BOUND_S
+    assert down, "no read while the replica was down: the test proves nothing"
+    if fallback == "primary":
+        assert {r.status for r in down} == {200}
+        assert ready_down.json()["replica"]["reads_go_to"] == "primary"
+        assert 'fleet_reads_fallen_back_total{outcome="primary"}' in metrics
+    else:
+        assert {r.status for r in down} == {503} and all(r.retry_after for r in down)
+        assert ready_down.json()["replica"]["reads_go_to"] == "nowhere (503)"
+        assert 'fleet_reads_fallen_back_total{outcome="unavailable"}' in metrics
+    assert ready_down.status == 200 and ready_down.json()["replica"]["usable"] is False
+    assert "fleet_read_replica_usable 0.0" in metrics
+    assert ready_after["usable"] is True and ready_after["reads_go_to"] == "replica"
+
+
+def test_lagging_replica_is_not_read_until_it_catches_up(replication):
+    """Replay paused and the primary written: past FLEET_READ_REPLICA_MAX_LAG_S, reads show the primary's data."""
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": replication.primary_url,
+            "DATABASE_READ_URL": replication.standby_url,
+            "FLEET_RATE_LIMIT": "off",
+            "FLEET_READ_REPLICA_CHECK_S": str(CHECK_S),
+            "FLEET_READ_REPLICA_MAX_LAG_S": "1",
+        }
+    )
+    app = create_app(settings)
+    client = app.test_client()
+    headers = {"X-API-Key": new_key(replication.primary, "admin")}
+    now = datetime.now(UTC).replace(microsecond=0)
+    try:
+        assert client.post("/v1/telemetry/ingest", json=meter_reading("lag-m", at=now - timedelta(minutes=2)),
+                           headers=headers).status_code == 200  # fmt: skip
+        wait_for_replay(replication)
+        pause_replay(replication)
+        newer = now - timedelta(minutes=1)
+        assert client.post("/v1/telemetry/ingest", json=meter_reading("lag-m", at=newer, kwh=0.9),
+                           headers=headers).status_code == 200  # fmt: skip
+        _wait("the replica to count as lagging", lambda: client.get("/ready").json["replica"]["usable"] is False)
+        replica = client.get("/ready").json["replica"]
+        meter = client.get("/v1/meters/lag-m", headers=headers).json
+        print(f"\n[replica lagging] {replica}; read {meter['recordedAt']} {meter['kwhConsumedAc']}")
+        assert replica["reason"].startswith("lagging") and replica["reads_go_to"] == "primary"
+        assert (meter["recordedAt"], meter["kwhConsumedAc"]) == (newer.isoformat(), 0.9)  # the primary's
+        resume_replay(replication)
+        _wait("the replica to be read again", lambda: client.get("/ready").json["replica"]["usable"] is True)
+    finally:
+        app.extensions["fleet.db"].dispose()
+        app.extensions["fleet.db_read"].dispose()
+        if _scalar(replication.standby, "SELECT pg_get_wal_replay_pause_state()") != "not paused":
+            resume_replay(replication)
+        with replication.primary.begin() as conn:
+            conn.execute(sa.text("TRUNCATE meter_readings, meters_current, api_keys"))
+        wait_for_replay(replication)

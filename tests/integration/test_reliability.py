@@ -46,6 +46,7 @@ Accounting, checked after each scenario against the database:
 from __future__ import annotations
 
 import http.client as http_client
+import itertools
 import json
 import os
 import random
@@ -53,6 +54,8 @@ import shutil
 import signal
 import socket
 import statistics
+import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -70,6 +73,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import Engine
 
 import db
+from db import keys
 from db.migrate import upgrade
 from tests.conftest import cluster_dir, native_executor
 from tests.integration.gunicorn_server import Server, gunicorn, http, parent_pid
@@ -678,3 +682,285 @@ def test_pooled_engine_gives_up_connecting_after_3_s_and_then_fails_fast() -> No
     assert db.POOLED_CONNECT_TIMEOUT_S - 0.5 <= first <= db.POOLED_CONNECT_TIMEOUT_S + 1.5, first_error
     assert second < 0.5 and "the last connect failed" in second_error
     assert third < 0.5 and "refused" in third_error  # a real try
+
+
+# --- a frozen database, a lock pile-up, a full disk (issue 16) ----------------------------------------------
+
+#: How long the database is frozen (SIGSTOP to the postmaster and every backend): no answer, no reset.
+FROZEN_S = 30.0
+#: The shipped bounds (config/): a request's unit of work is abandoned FLEET_INGEST_STATEMENT_TIMEOUT_MS +
+#: FLEET_DB_DEADLINE_GRACE_MS after it started (2 + 1 s); a new connection gives up after the 3 s connect timeout.
+ABANDON_S = 3.0
+#: Slowest answer allowed while frozen: an idle pooled connection's ping abandoned (3 s), then a connect that
+#: times out (3 s) before the process knows the database is down, with room for a loaded machine.
+MAX_FROZEN_LATENCY_S = 2 * ABANDON_S + 1.0
+#: The bulk of the 503s: at once (the process knows) or at the abandon bound.
+P99_FROZEN_503_S = ABANDON_S + 0.5
+#: Dashboards' requests: status, listings and analytics, each on a new connection, with a read key.
+DASHBOARD_PATHS = ("/v1/vehicles/rel-v-00", "/v1/meters/rel-m-00", "/v1/analytics/performance/rel-v-00", "/v1/meters")
+#: FLEET_INGEST_LOCK_TIMEOUT_MS (1 s) plus room: a write queued behind a lock gives up by then.
+MAX_LOCKED_LATENCY_S = 2.0
+LOCK_HELD_S = 8.0
+
+
+@dataclass(frozen=True)
+class Read:
+    started: float
+    latency: float
+    status: int | None
+    retry_after: str | None
+
+
+class Dashboards(threading.Thread):
+    """A dashboard polling status and analytics with a read key, each request on a new connection."""
+
+    def __init__(self, server: Server, key: str) -> None:
+        super().__init__(name="reliability-dashboards", daemon=True)
+        self.url, self.key = server.url, key
+        self.stop = threading.Event()
+        self.reads: list[Read] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for path in DASHBOARD_PATHS:
+                started = time.monotonic()
+                try:
+                    reply = http(self.url + path, key=self.key)
+                    status, retry_after = reply.status, reply.headers.get("retry-after")
+                except OSError:
+                    status, retry_after = None, None
+                self.reads.append(Read(started, time.monotonic() - started, status, retry_after))
+                time.sleep(PACE_S * 5)
+
+    def finish(self) -> list[Read]:
+        self.stop.set()
+        self.join(timeout=CLIENT_TIMEOUT_S + 5)
+        return list(self.reads)
+
+
+def postgres_pids(proc: PostgreSQLExecutor) -> list[int]:
+    """The postmaster (from postmaster.pid) and every process it forked (backends, background workers)."""
+    postmaster = int((Path(proc.datadir) / "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if parent_pid(int(stat.parent.name)) == postmaster:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return [postmaster, *children]
+
+
+@contextmanager
+def frozen(proc: PostgreSQLExecutor) -> Iterator[list[int]]:
+    """The whole cluster stopped (SIGSTOP) and continued at the end: its sockets stay open, nothing answers."""
+    pids = postgres_pids(proc)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def read_key(eng: Engine) -> str:
+    with eng.begin() as conn:
+        return keys.create_key(conn, "reliability dashboards", "read", None)[1]
+
+
+def longest_gap(times: list[float], start: float, end: float) -> float:
+    """The longest stretch of [start, end) in which none of `times` fell."""
+    points = [start, *sorted(t for t in times if start <= t < end), end]
+    return max(b - a for a, b in itertools.pairwise(points))
+
+
+def test_frozen_database_answers_503_in_bounded_time_and_loses_or_doubles_nothing(
+    cluster_db: Cluster, server: Server
+) -> None:
+    master = server.proc.pid
+    workers_before = worker_pids(master)
+    dashboards = Dashboards(server, read_key(cluster_db.engine))
+    load = Load(server, device_key(cluster_db.engine))
+    dashboards.start()
+    probes: dict[str, tuple[float, int, dict]] = {}
+    try:
+        load.wait_for("warm-up", lambda: sum(a.status == 200 for a in load.answers()) >= WARM_UP_ANSWERS, timeout=30)
+        with frozen(cluster_db.proc) as pids:
+            frozen_at = time.monotonic()
+            time.sleep(2 * ABANDON_S)  # every worker has met the frozen database by now
+            for path in ("/ready", "/health"):
+                started = time.monotonic()
+                reply = http(server.url + path)
+                probes[path] = (time.monotonic() - started, reply.status, reply.json())
+            time.sleep(FROZEN_S - (time.monotonic() - frozen_at))
+        resumed_at = time.monotonic()
+        time.sleep(RECOVERY_BOUND_S + AFTER_RECOVERY_S)
+    finally:
+        ledger = load.finish()
+        reads = dashboards.finish()
+
+    check_answers(ledger)
+    during = [a for a in ledger.attempts if frozen_at <= a.started < resumed_at]
+    unavailable = [a for a in during if a.status == 503]
+    since_frozen = [a for a in ledger.attempts if a.started >= frozen_at]
+    reads_during = [r for r in reads if frozen_at <= r.started < resumed_at]
+    longest = max(a.latency for a in since_frozen)
+    longest_read = max(r.latency for r in reads_during)
+    finished = [a.started + a.latency for a in ledger.attempts] + [r.started + r.latency for r in reads]
+    gap = longest_gap(finished, frozen_at, resumed_at)
+    late = [a for a in ledger.attempts if a.started >= resumed_at + RECOVERY_BOUND_S]
+    late_reads = [r for r in reads if r.started >= resumed_at + RECOVERY_BOUND_S]
+    figures = check_accounting(cluster_db.engine, ledger)
+    summary(
+        "frozen database",
+        frozen_s=round(resumed_at - frozen_at, 1),
+        processes_stopped=len(pids),
+        statuses=dict(ledger.by_status()),
+        statuses_frozen=dict(Counter(a.status for a in during)),
+        reads_frozen=dict(Counter(r.status for r in reads_during)),
+        sent=figures["readings"],
+        acknowledged=len(ledger.acknowledged()),
+        stored=figures["rows"],
+        duplicates_reported=figures["duplicates_reported"],
+        committed_unanswered=figures["committed_unanswered"],
+        longest_ms=round(longest * 1000),
+        longest_read_ms=round(longest_read * 1000),
+        p99_503_ms=round(percentile([a.latency for a in unavailable], 99) * 1000),
+        longest_silence_s=round(gap, 2),
+        ready=(round(probes["/ready"][0], 2), probes["/ready"][1], probes["/ready"][2]["database"]),
+        health_s=round(probes["/health"][0], 3),
+    )
+    assert len(unavailable) >= CLIENTS, "the freeze was not observed: the test proves nothing"
+    assert longest <= MAX_FROZEN_LATENCY_S and longest_read <= MAX_FROZEN_LATENCY_S, (longest, longest_read)
+    assert percentile([a.latency for a in unavailable], 99) <= P99_FROZEN_503_S
+    assert {r.status for r in reads_during} <= {200, 503} and any(r.status == 503 for r in reads_during)
+    assert all(r.retry_after for r in reads_during if r.status == 503)
+    # Never do all the workers hang: answers kept coming throughout, and /health was answered at once.
+    assert gap <= MAX_FROZEN_LATENCY_S, f"no answer at all for {gap:.1f} s"
+    assert probes["/health"][1] == 200 and probes["/health"][0] < 1.0
+    # /ready says not ready, and why, within the bound.
+    ready_s, ready_status, ready_body = probes["/ready"]
+    assert ready_status == 503 and ready_s <= MAX_FROZEN_LATENCY_S
+    assert ready_body["ready"] is False and ready_body["database"].startswith("unavailable: "), ready_body
+    # Recovered by itself, with the same workers.
+    assert late and all(a.status == 200 for a in late), Counter(a.status for a in late)
+    assert late_reads and all(r.status == 200 for r in late_reads), Counter(r.status for r in late_reads)
+    assert worker_pids(master) == workers_before
+    assert http(server.url + "/ready").status == 200
+
+
+def test_lock_pile_up_fails_ingest_fast_and_loses_nothing(cluster_db: Cluster, server: Server) -> None:
+    """A long transaction holds meters_current (a hand-run migration would): meter ingest gives up after
+    FLEET_INGEST_LOCK_TIMEOUT_MS with a 503 instead of queueing behind it; vehicles are not held up."""
+    load = Load(server, device_key(cluster_db.engine))
+    try:
+        load.wait_for("warm-up", lambda: sum(a.status == 200 for a in load.answers()) >= WARM_UP_ANSWERS, timeout=30)
+        with cluster_db.engine.connect() as holder:
+            transaction = holder.begin()
+            holder.execute(sa.text("LOCK TABLE meters_current IN ACCESS EXCLUSIVE MODE"))
+            locked_at = time.monotonic()
+            time.sleep(LOCK_HELD_S)
+            released_at = time.monotonic()  # before: requests queued on the lock proceed as soon as it goes
+            transaction.rollback()
+        time.sleep(RECOVERY_BOUND_S)
+    finally:
+        ledger = load.finish()
+
+    check_answers(ledger)
+    during = [a for a in ledger.attempts if locked_at <= a.started and a.started + a.latency < released_at]
+    with_meters = [a for a in during if any(r.kind == "METER" for r in a.request.readings)]
+    vehicles_only = [a for a in during if all(r.kind == "VEHICLE" for r in a.request.readings)]
+    late = [a for a in ledger.attempts if a.started >= released_at + 0.5]
+    figures = check_accounting(cluster_db.engine, ledger)
+    longest = max(a.latency for a in ledger.attempts if a.started >= locked_at)
+    summary(
+        "lock pile-up",
+        held_s=round(released_at - locked_at, 1),
+        meters_while_locked=dict(Counter(a.status for a in with_meters)),
+        vehicles_while_locked=dict(Counter(a.status for a in vehicles_only)),
+        sent=figures["readings"],
+        acknowledged=len(ledger.acknowledged()),
+        stored=figures["rows"],
+        duplicates_reported=figures["duplicates_reported"],
+        longest_ms=round(longest * 1000),
+    )
+    assert with_meters and {a.status for a in with_meters} == {503}, Counter(a.status for a in with_meters)
+    assert max(a.latency for a in with_meters) <= MAX_LOCKED_LATENCY_S
+    assert vehicles_only and {a.status for a in vehicles_only} == {200}, Counter(a.status for a in vehicles_only)
+    assert longest <= MAX_LOCKED_LATENCY_S
+    assert late and all(a.status == 200 for a in late)
+
+
+#: The tablespace's size: a filesystem that fills up while the test ingests.
+TINY_FS = "16M"
+#: Free space left on it once the meters' chunk exists: a few hundred readings more, then "No space left".
+LEFT_FREE_BYTES = 96 * 1024
+
+
+@contextmanager
+def tiny_tablespace(cluster: Cluster) -> Iterator[Path]:
+    """A size-limited tmpfs mounted for the cluster's tablespace `tiny`, where meter_readings' new chunks go.
+    Under /tmp itself: the server (user postgres) must reach it, and pytest's own directories are root's."""
+    mount = Path(tempfile.mkdtemp(prefix="fleet-tiny-"))
+    mount.chmod(0o755)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TINY_FS},mode=0755", "tmpfs", str(mount)], check=True, timeout=30
+    )
+    location = mount / "pg"
+    location.mkdir()
+    shutil.chown(location, "postgres", "postgres")
+    try:
+        with cluster.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text(f"CREATE TABLESPACE tiny LOCATION '{location}'"))
+            conn.execute(sa.text("SELECT attach_tablespace('tiny', 'meter_readings')"))
+        yield mount
+    finally:
+        with cluster.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("SELECT detach_tablespaces('meter_readings')"))
+            conn.execute(sa.text("TRUNCATE meter_readings"))  # drops its chunks, the one in `tiny` with them
+            conn.execute(sa.text("DROP TABLESPACE IF EXISTS tiny"))
+        subprocess.run(["umount", str(mount)], check=True, timeout=30)
+        mount.rmdir()
+
+
+def test_full_disk_answers_503_keeps_what_was_acknowledged_and_recovers(cluster_db: Cluster, server: Server) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited filesystem needs root (CI and sessions run as root)")
+    with tiny_tablespace(cluster_db) as mount:
+        load = Load(server, device_key(cluster_db.engine))
+        try:
+            load.wait_for("warm-up", lambda: sum(a.status == 200 for a in load.answers()) >= 20, timeout=30)
+            free = shutil.disk_usage(mount).free
+            filler = mount / "filler"
+            with filler.open("wb") as out:  # the rest of the filesystem, but a little
+                out.write(b"\0" * max(0, free - LEFT_FREE_BYTES))
+            filled_at = time.monotonic()
+            load.wait_for(
+                "503s for the full disk",
+                lambda: sum(a.status == 503 and a.started >= filled_at for a in load.answers()) >= CLIENTS,
+                timeout=60,
+            )
+            time.sleep(2.0)
+            filler.unlink()  # space returns
+            freed_at = time.monotonic()
+            time.sleep(RECOVERY_BOUND_S + AFTER_RECOVERY_S)
+        finally:
+            ledger = load.finish()
+        check_answers(ledger)
+        figures = check_accounting(cluster_db.engine, ledger)
+        full = [a for a in ledger.attempts if filled_at <= a.started < freed_at]
+        late = [a for a in ledger.attempts if a.started >= freed_at + RECOVERY_BOUND_S]
+        longest = max(a.latency for a in ledger.attempts)
+        summary(
+            "full disk",
+            statuses_while_full=dict(Counter(a.status for a in full)),
+            sent=figures["readings"],
+            acknowledged=len(ledger.acknowledged()),
+            stored=figures["rows"],
+            duplicates_reported=figures["duplicates_reported"],
+            longest_ms=round(longest * 1000),
+        )
+        assert any(a.status == 503 for a in full)
+        assert longest <= MAX_LOCKED_LATENCY_S, "a write on a full disk fails at once"
+        assert late and all(a.status == 200 for a in late), Counter(a.status for a in late)
