@@ -127,8 +127,8 @@ def require_role(*roles: str) -> Callable[[F], F]:
         responses = manual.setdefault("responses", {})
         for code, name in ((401, "UNAUTHORIZED"), (403, "FORBIDDEN"), (429, "TOO_MANY_REQUESTS")):
             responses.setdefault(code, name)
-        wrapper._apidoc = apidoc  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
+        wrapper._apidoc = apidoc  # type: ignore[attr-defined]  # flask-smorest's attribute on view functions
+        return wrapper  # type: ignore[return-value]  # functools.wraps keeps the view's signature, which F is
 
     return decorator
 

@@ -42,7 +42,7 @@ class InlineExpiryMemoryStorage(MemoryStorage):
             return
         try:
             self._next_sweep = now + SWEEP_EVERY_SECONDS
-            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]  # limits' private, name-mangled
         finally:
             self._sweep_lock.release()
 

@@ -41,7 +41,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 import db
 from db.embedded import supervisor as embedded
@@ -222,6 +222,20 @@ def hold_timescaledb_jobs(eng: Engine) -> None:
                 " WHERE job_id >= 1000"
             )
         )
+
+
+@pytest.fixture
+def db_conn(engine: Engine) -> Iterator[Connection]:
+    """A connection inside a transaction that is rolled back after the test: nothing to truncate (STYLE.md
+    section 11). For tests that run all their statements on this one connection (not through the app, a
+    subprocess or an Engine); a statement expected to fail runs in a savepoint (`db_conn.begin_nested()`), so
+    the transaction goes on. One connection, so the embedded engine takes it too."""
+    with engine.connect() as conn:
+        outer = conn.begin()
+        try:
+            yield conn
+        finally:
+            outer.rollback()
 
 
 @pytest.fixture

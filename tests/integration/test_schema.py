@@ -1,4 +1,6 @@
-"""The history, current-state and mapping tables on both engines."""
+"""The history, current-state and mapping tables on both engines.
+
+Tests that write run in `db_conn`: one transaction rolled back at the end, nothing to truncate."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -50,36 +52,32 @@ def _insert_meter(conn, meter_id, recorded_at, kwh, *, idempotent):
     return conn.execute(sa.text(sql), {"m": meter_id, "t": recorded_at, "k": kwh}).rowcount
 
 
-def test_schema_same_device_and_time_twice_keeps_one_row(clean_db):
-    with clean_db.begin() as conn:
-        first = _insert_meter(conn, "m-dup", T0, 0.5, idempotent=True)
-        second = _insert_meter(conn, "m-dup", T0, 0.9, idempotent=True)
-        # Same instant written in another time zone is the same reading.
-        third = _insert_meter(conn, "m-dup", T0.astimezone(tz=None).replace(), 0.7, idempotent=True)
-    with clean_db.connect() as conn:
-        rows = conn.execute(sa.text("SELECT kwh_consumed_ac FROM meter_readings WHERE meter_id = 'm-dup'")).all()
+def test_schema_same_device_and_time_twice_keeps_one_row(db_conn):
+    first = _insert_meter(db_conn, "m-dup", T0, 0.5, idempotent=True)
+    second = _insert_meter(db_conn, "m-dup", T0, 0.9, idempotent=True)
+    # Same instant written in another time zone is the same reading.
+    third = _insert_meter(db_conn, "m-dup", T0.astimezone(tz=None).replace(), 0.7, idempotent=True)
+    rows = db_conn.execute(sa.text("SELECT kwh_consumed_ac FROM meter_readings WHERE meter_id = 'm-dup'")).all()
     assert (first, second, third) == (1, 0, 0)
     assert [r.kwh_consumed_ac for r in rows] == [0.5]
 
 
-def test_schema_plain_duplicate_insert_is_refused(clean_db):
-    with clean_db.begin() as conn:
-        _insert_meter(conn, "m-dup2", T0, 0.5, idempotent=False)
-    with pytest.raises(IntegrityError, match="meter_readings_pkey"), clean_db.begin() as conn:
-        _insert_meter(conn, "m-dup2", T0, 0.5, idempotent=False)
+def test_schema_plain_duplicate_insert_is_refused(db_conn):
+    _insert_meter(db_conn, "m-dup2", T0, 0.5, idempotent=False)
+    with pytest.raises(IntegrityError, match="meter_readings_pkey"), db_conn.begin_nested():
+        _insert_meter(db_conn, "m-dup2", T0, 0.5, idempotent=False)
 
 
-def test_schema_readings_spread_over_daily_chunks(clean_db):
-    with clean_db.begin() as conn:
-        for day in range(3):
-            _insert_meter(conn, "m-chunks", T0 + timedelta(days=day), 0.1, idempotent=True)
-        chunks = conn.execute(
-            sa.text(
-                "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'meter_readings'"
-                " AND range_start <= :t1 AND range_end > :t0"
-            ),
-            {"t0": T0, "t1": T0 + timedelta(days=2)},
-        ).scalar_one()
+def test_schema_readings_spread_over_daily_chunks(db_conn):
+    for day in range(3):
+        _insert_meter(db_conn, "m-chunks", T0 + timedelta(days=day), 0.1, idempotent=True)
+    chunks = db_conn.execute(
+        sa.text(
+            "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'meter_readings'"
+            " AND range_start <= :t1 AND range_end > :t0"
+        ),
+        {"t0": T0, "t1": T0 + timedelta(days=2)},
+    ).scalar_one()
     assert chunks == 3
 
 
@@ -91,30 +89,29 @@ def test_schema_readings_spread_over_daily_chunks(clean_db):
         ("meter_readings", {"id": "m" * 65, "kwh": 0.1}, "meter_id_length"),
     ],
 )
-def test_schema_check_constraints_refuse_impossible_readings(clean_db, table, row, constraint):
-    with pytest.raises(IntegrityError, match=constraint), clean_db.begin() as conn:
-        _insert_meter(conn, row["id"], T0, row["kwh"], idempotent=True)
+def test_schema_check_constraints_refuse_impossible_readings(db_conn, table, row, constraint):
+    with pytest.raises(IntegrityError, match=constraint), db_conn.begin_nested():
+        _insert_meter(db_conn, row["id"], T0, row["kwh"], idempotent=True)
 
 
-def test_schema_vehicle_soc_outside_0_100_refused(clean_db):
+def test_schema_vehicle_soc_outside_0_100_refused(db_conn):
     sql = sa.text(
         "INSERT INTO vehicle_readings (vehicle_id, recorded_at, soc, kwh_delivered_dc, battery_temp)"
         " VALUES ('v', :t, :soc, 0.1, 25)"
     )
-    with pytest.raises(IntegrityError, match="soc_range"), clean_db.begin() as conn:
-        conn.execute(sql, {"t": T0, "soc": 100.5})
+    with pytest.raises(IntegrityError, match="soc_range"), db_conn.begin_nested():
+        db_conn.execute(sql, {"t": T0, "soc": 100.5})
 
 
-def test_schema_mapping_validity_cannot_overlap(clean_db):
+def test_schema_mapping_validity_cannot_overlap(db_conn):
     insert = sa.text(
         "INSERT INTO vehicle_meter_mapping (vehicle_id, meter_id, valid_from, valid_to) VALUES ('v1', :m, :f, :t)"
     )
-    with clean_db.begin() as conn:
-        conn.execute(insert, {"m": "m1", "f": T0, "t": T0 + timedelta(hours=5)})
-        # Adjacent (half-open ranges) is fine: the re-map of a vehicle to another charger.
-        conn.execute(insert, {"m": "m2", "f": T0 + timedelta(hours=5), "t": None})
-    with pytest.raises(IntegrityError, match="vehicle_meter_mapping_no_overlap"), clean_db.begin() as conn:
-        conn.execute(insert, {"m": "m3", "f": T0 + timedelta(hours=4), "t": T0 + timedelta(hours=6)})
+    db_conn.execute(insert, {"m": "m1", "f": T0, "t": T0 + timedelta(hours=5)})
+    # Adjacent (half-open ranges) is fine: the re-map of a vehicle to another charger.
+    db_conn.execute(insert, {"m": "m2", "f": T0 + timedelta(hours=5), "t": None})
+    with pytest.raises(IntegrityError, match="vehicle_meter_mapping_no_overlap"), db_conn.begin_nested():
+        db_conn.execute(insert, {"m": "m3", "f": T0 + timedelta(hours=4), "t": T0 + timedelta(hours=6)})
 
 
 def test_schema_edition_matches_engine(engine, engine_kind):

@@ -253,7 +253,7 @@ def ingest_pgbench_script() -> str:
 def pgbench_late_defines() -> dict[str, str]:
     """-D values of the dual write's constant parameters, from db/readings.py at run time."""
     late = readings._LATE_PARAMS
-    return {"margin": str(late["margin"]), "search_s": str(float(late["search_s"]))}  # type: ignore[arg-type]
+    return {"margin": str(late["margin"]), "search_s": str(float(late["search_s"]))}  # type: ignore[arg-type]  # JSON values
 
 
 def capture_statements(engine: Engine, call: Callable[[sa.Connection], object]) -> list[str]:

@@ -384,7 +384,7 @@ class _Generator:
             vehicle_pieces[base + 4 :: stride] = temp_col
             vehicle_pieces[base + 5 :: stride] = chg_col
             jv += 1
-        return b"".join(meter_pieces), b"".join(vehicle_pieces), span * n, span * nv  # type: ignore[arg-type]
+        return b"".join(meter_pieces), b"".join(vehicle_pieces), span * n, span * nv  # type: ignore[arg-type]  # ints
 
 
 # --- loading -----------------------------------------------------------------------------------------------
@@ -587,9 +587,9 @@ def load_fleet_day(
                 # Inside the window only: a clock offset puts a few readings of the day before seconds past its end.
                 window = (stats.day_start + timedelta(minutes=1), stats.day_end - timedelta(minutes=1))
                 query = f"SELECT EXISTS (SELECT FROM {table} WHERE recorded_at >= %s AND recorded_at < %s)"
-                if conn.execute(query, window).fetchone()[0]:  # type: ignore[index]
+                if conn.execute(query, window).fetchone()[0]:  # type: ignore[index]  # a row
                     raise RuntimeError(f"{table} already has rows in the window to append")
-            elif not append and conn.execute(f"SELECT EXISTS (SELECT FROM {table})").fetchone()[0]:  # type: ignore[index]
+            elif not append and conn.execute(f"SELECT EXISTS (SELECT FROM {table})").fetchone()[0]:  # type: ignore[index]  # a row
                 raise RuntimeError(f"{table} is not empty: load_fleet_day needs an empty, migrated database")
     # Readings span [day_start - 9 s, day_end - 60 s + 9 s] (vehicle clock offsets): exactly those chunks.
     _create_chunks(conninfo, stats.day_start - timedelta(seconds=10), stats.day_end - timedelta(seconds=50))

@@ -102,7 +102,7 @@ def test_find_active_key_does_not_look_up_what_cannot_be_a_key(presented):
 
 
 def test_key_cache_remembers_keys_by_hash_never_by_plaintext(monkeypatch):
-    cache = KeyCache(engine=SimpleNamespace(), ttl=60)  # type: ignore[arg-type]
+    cache = KeyCache(engine=SimpleNamespace(), ttl=60)  # type: ignore[arg-type]  # never used: no lookup
     monkeypatch.setattr(cache, "_load", lambda plaintext: None)
     plaintext = "fk_" + "c" * 43
     cache.lookup(plaintext)
