@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.integration.gunicorn_server import gunicorn, http
-from tests.support.api import device_key
+from tests.support.api import device_key, new_key
 from tests.support.builders import meter_reading, vehicle_reading
 
 
@@ -39,3 +39,13 @@ def test_gunicorn_ingest_and_duplicates_end_to_end(gunicorn_url, clean_db):
     with clean_db.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM meter_readings")).scalar_one() == 1
         assert conn.execute(sa.text("SELECT count(*) FROM vehicle_readings")).scalar_one() == 1
+
+
+@pytest.mark.native
+def test_gunicorn_unknown_query_parameter_is_a_400_naming_it(gunicorn_url, clean_db):
+    """Contract strictness (issue 16) through the real server: a typo'd filter is refused, not ignored."""
+    key = new_key(clean_db, "read")
+    status, problem = _request(gunicorn_url + "/v1/analytics/fleet?belowTreshold=true", key=key)
+    assert status == 400 and set(problem["errors"]["query"]) == {"belowTreshold"}
+    assert "belowThreshold" in problem["detail"]  # what the operation does take
+    assert _request(gunicorn_url + "/v1/analytics/fleet?belowThreshold=true", key=key)[0] == 200
