@@ -310,6 +310,15 @@ class QueueTimedThreadWorker(ThreadWorker):
         conn, finished = fut.result()
         self.finish_request(conn, finished)
 
+    def handle_request(self, req: Any, conn: Any) -> bool:
+        try:
+            return bool(super().handle_request(req, conn))
+        except TimeoutError:
+            # sendall ran out of FLEET_RESPONSE_WRITE_TIMEOUT_S (api/client_io.py): the client's doing, as common as
+            # a reset; gthread would log it as a socket error with a traceback. The connection is closed.
+            logger.info("client did not take its response within %g s: connection closed", self._io_bounds[1])
+            return False
+
     def handle(self, conn: Any) -> Any:
         _handed_over.queued_at = getattr(conn, "fleet_queued_at", None)
         _handed_over.behind = QUEUE.taken(time.monotonic())

@@ -14,12 +14,11 @@ FLEET_REQUEST_READ_TIMEOUT_S after its first byte (a slowloris client that sends
   (a total, not per read: dribbling does not extend it). Past it the connection is closed; if the app was
   already reading the body, the request answers 408 first (`RequestReadTimeout`, api/problems.py);
 - FLEET_RESPONSE_WRITE_TIMEOUT_S to take the response (Python's sendall bounds the whole call by the socket's
-  timeout): a reader that stalls is disconnected.
+  timeout): a reader that stalls is disconnected (`QueueTimedThreadWorker.handle_request`).
 """
 
 from __future__ import annotations
 
-import logging
 import socket
 import time
 from typing import Any
@@ -27,8 +26,6 @@ from typing import Any
 from gunicorn.http.errors import NoMoreData
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import TConn
-
-logger = logging.getLogger(__name__)
 
 
 class RequestReadTimeout(NoMoreData):
@@ -67,18 +64,6 @@ class _DeadlineReader:
             self.sock.settimeout(self.write_timeout)  # what the response's sendall is bounded by
 
 
-def bound_connection(conn: Any, read_timeout: float, write_timeout: float) -> None:
-    """Start the bounds of the request a thread is about to read from gthread connection `conn` (after
-    `conn.init()`, which made the socket blocking and built the parser)."""
-    unreader = getattr(conn.parser, "unreader", None)
-    if not isinstance(unreader, SocketUnreader):
-        return  # HTTP/2 or another parser: left as gunicorn has it
-    if not isinstance(unreader.sock, _DeadlineReader):
-        unreader.sock = _DeadlineReader(unreader.sock, write_timeout)
-    unreader.sock.restart(read_timeout)
-    conn.sock.settimeout(write_timeout)
-
-
 class BoundedConn(TConn):  # type: ignore[misc]  # gunicorn is untyped
     """gthread's connection, each of whose requests gets the bounds above when a thread takes it.
 
@@ -89,8 +74,17 @@ class BoundedConn(TConn):  # type: ignore[misc]  # gunicorn is untyped
     fleet_linger: Any = None
 
     def init(self) -> None:
-        super().init()  # blocking socket and parser on first use; nothing after that
-        bound_connection(self, *self.fleet_io_bounds)
+        """Start the bounds of the request a thread is about to read (gthread calls this for every request, after
+        making the socket blocking; the parser is built on the first)."""
+        super().init()
+        unreader = getattr(self.parser, "unreader", None)
+        if not isinstance(unreader, SocketUnreader):
+            return  # HTTP/2 or another parser: left as gunicorn has it
+        read_timeout, write_timeout = self.fleet_io_bounds
+        if not isinstance(unreader.sock, _DeadlineReader):
+            unreader.sock = _DeadlineReader(unreader.sock, write_timeout)
+        unreader.sock.restart(read_timeout)
+        self.sock.settimeout(write_timeout)
 
     def close(self, graceful: bool = False) -> None:
         # gthread closes gracefully in the worker's event loop (its main thread): it half-closes, then reads until
@@ -101,21 +95,3 @@ class BoundedConn(TConn):  # type: ignore[misc]  # gunicorn is untyped
             self.fleet_linger(self.sock)
         else:
             super().close(graceful)
-
-
-class SlowReaderLogFilter(logging.Filter):
-    """gunicorn logs a response the client did not take in time (sendall's TimeoutError) as "Socket error
-    processing request." with a traceback, at ERROR: it is a client's doing, as common as a reset connection. It
-    becomes one INFO line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, TimeoutError) and record.getMessage() == "Socket error processing request.":
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg, record.args, record.exc_info, record.exc_text = (
-                "client did not take its response within FLEET_RESPONSE_WRITE_TIMEOUT_S: connection closed",
-                None,
-                None,
-                None,
-            )
-        return True

@@ -21,7 +21,6 @@ from typing import Any
 from flask import Flask, Response, g, request
 from gunicorn import glogging
 
-from api.client_io import SlowReaderLogFilter
 from config import Settings
 from config.logs import (  # re-exported: the API's modules and tests name them here
     RedactSecretsFilter,
@@ -105,7 +104,6 @@ class GunicornLogger(glogging.Logger):
                 log.removeHandler(handler)
             log.propagate = True
         self.error_log.setLevel(logging.NOTSET)
-        self.error_log.addFilter(SlowReaderLogFilter())
         self.access_log.setLevel(logging.INFO)
 
     @property

@@ -15,7 +15,7 @@ from cli.analyst import analyst_group
 from cli.demo import demo_group
 from cli.ops import jobs_group, policies_group
 from cli.simulate import simulate_command
-from cli.support import cli_engine, click_errors, default_of, emit, load_settings, transaction
+from cli.support import cli_engine, click_errors, emit, load_settings, setting_option, transaction
 from config import Settings
 from config.logs import configure_logging
 from db import edition, keys, migrate
@@ -120,16 +120,9 @@ GUNICORN_CONF = Path(__file__).resolve().parent.parent / "docker" / "gunicorn.co
 
 
 @main.command("serve")
-@click.option("--bind", default=None, help=f"host:port {default_of('FLEET_BIND')}.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help=f"gunicorn worker processes {default_of('FLEET_WORKERS')}.",
-)
-@click.option(
-    "--threads", type=click.IntRange(min=1), default=None, help=f"Threads per worker {default_of('FLEET_THREADS')}."
-)
+@setting_option("--bind", "bind", "host:port")
+@setting_option("--workers", "workers", "gunicorn worker processes")
+@setting_option("--threads", "threads", "Threads per worker")
 @pass_ctx
 def serve(ctx: _Context, bind: str | None, workers: int | None, threads: int | None) -> None:
     """Serve the API with gunicorn (configuration in docker/gunicorn.conf.py)."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from cli.support import cli_engine, click_errors, default_of, emit, load_settings, transaction
+from cli.support import cli_engine, click_errors, emit, load_settings, setting_option, transaction
 from db import alerts
 from db.schema import ALERT_KINDS, POLICY_ALERT_KIND
 from jobs.alerts import scan_alerts
@@ -27,67 +27,24 @@ def alerts_group() -> None:
 
 
 @alerts_group.command("scan")
-@click.option(
-    "--window-hours",
-    type=click.IntRange(1, 744),
-    default=None,
-    help=f"Complete hours over which efficiency is judged {default_of('FLEET_ALERT_WINDOW_HOURS')}.",
+@setting_option("--window-hours", "alert_window_hours", "Complete hours over which efficiency is judged")
+@setting_option(
+    "--correlation-window-hours", "correlation_window_hours", "Complete hours over which correlation is judged"
 )
-@click.option(
-    "--correlation-window-hours",
-    type=click.IntRange(1, 744),
-    default=None,
-    help=f"Complete hours over which correlation is judged {default_of('FLEET_CORRELATION_WINDOW_HOURS')}.",
-)
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=None,
-    help=f"Efficiency below which a vehicle is alerted {default_of('FLEET_EFFICIENCY_ALERT_THRESHOLD')}.",
-)
-@click.option(
-    "--silent-minutes",
-    type=click.IntRange(min=1),
-    default=None,
-    help=f"Minutes without a reading that make a device silent {default_of('FLEET_SILENT_MINUTES')}.",
-)
-@click.option(
-    "--min-readings",
-    type=click.IntRange(min=1),
-    default=None,
-    help=f"Readings a vehicle needs in a window to be judged {default_of('FLEET_ALERT_MIN_READINGS')}.",
-)
-@click.option(
-    "--min-match-rate",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=None,
-    help=f"Share of readings that must line up with the meter's {default_of('FLEET_CORRELATION_MIN_MATCH_RATE')}.",
+@setting_option("--threshold", "efficiency_alert_threshold", "Efficiency below which a vehicle is alerted")
+@setting_option("--silent-minutes", "silent_minutes", "Minutes without a reading that make a device silent")
+@setting_option("--min-readings", "alert_min_readings", "Readings a vehicle needs in a window to be judged")
+@setting_option(
+    "--min-match-rate", "correlation_min_match_rate", "Share of readings that must line up with the meter's"
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def alerts_scan(
-    window_hours: int | None,
-    correlation_window_hours: int | None,
-    threshold: float | None,
-    silent_minutes: int | None,
-    min_readings: int | None,
-    min_match_rate: float | None,
-    as_json: bool,
-) -> None:
+def alerts_scan(as_json: bool, **overrides: Any) -> None:
     """Evaluate every alert condition now: open, refresh and resolve alerts; print what changed.
 
     Safe to re-run, and to run while the scheduler (`fleet jobs run`) scans too: scans take turns.
     Options override the FLEET_* settings for this run only.
     """
-    settings = load_settings()
-    overrides: dict[str, Any] = {
-        "alert_window_hours": window_hours,
-        "correlation_window_hours": correlation_window_hours,
-        "efficiency_alert_threshold": threshold,
-        "silent_minutes": silent_minutes,
-        "alert_min_readings": min_readings,
-        "correlation_min_match_rate": min_match_rate,
-    }
-    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    settings = dataclasses.replace(load_settings(), **{k: v for k, v in overrides.items() if v is not None})
     engine = cli_engine(settings)
     try:
         with click_errors("scan alerts"):

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 import db
-from config import VARIABLES, ConfigError, Settings
+from config import DECLARATIONS, VARIABLES, ConfigError, EnvVar, Settings
 from db import errors, roles
 from db.embedded.supervisor import EngineError
 
@@ -79,6 +79,29 @@ def on_stop_signals(handle: Callable[[int], None]) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class _SettingValue(click.ParamType[Any]):
+    """An option's value, parsed and checked by its setting's own parser (config/): one rule for both."""
+
+    def __init__(self, var: EnvVar[Any]) -> None:
+        self.var = var
+        self.name = "value"  # the metavar: VALUE
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.var.parse(value)
+        except ValueError as exc:
+            self.fail(f"{value!r}: {exc} (as {self.var.name})", param, ctx)
+
+
+def setting_option(flag: str, field: str, help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A `--flag` that overrides Settings.<field> (passed as keyword `field`, None when not given), parsed as the
+    setting is, with the setting's name and default in its help."""
+    var = DECLARATIONS[field]
+    return click.option(flag, field, type=_SettingValue(var), default=None, help=f"{help_text} {default_of(var.name)}.")
 
 
 def default_of(name: str) -> str:
