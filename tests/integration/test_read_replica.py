@@ -419,11 +419,11 @@ def test_replica_stopped_mid_run_reads_fall_back_and_ingest_goes_on(replication,
                 time.sleep(2 * FALLBACK_BOUND_S)
                 ready_down = http(server.url + "/ready")
                 metrics = http(server.url + "/metrics").body.decode()
+                restarted_at = time.monotonic()  # before: reads may reach the replica as soon as it is back
                 _restart_standby(replication)
-                restarted_at = time.monotonic()
                 # Each worker finds it well again at its next probe (after a failed connect, its engine waits a
                 # second before it tries the replica again).
-                deadline = restarted_at + 10
+                deadline = time.monotonic() + 10
                 while (ready_after := http(server.url + "/ready").json()["replica"])["usable"] is not True:
                     if time.monotonic() > deadline:
                         break
