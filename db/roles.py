@@ -1,9 +1,10 @@
 """Database logins for analysts: LOGIN roles that are members of the read-only group role `fleet_analyst`.
 
 Migration 0006 creates the group role and grants it SELECT on the rollups, `vehicle_energy_1h` and the
-mapping, nothing else; a login gets its privileges only through membership, so removing a person never
-touches the grants. Role names are checked against a strict pattern and always quoted as identifiers
-(psycopg.sql.Identifier); DDL takes no bind parameters, so values are quoted as literals (psycopg.sql.Literal).
+mapping, migration 0009 SELECT on `alerts`, nothing else; a login gets its privileges only through membership,
+so removing a person never touches the grants. Role names are checked against a strict pattern and always
+quoted as identifiers (psycopg.sql.Identifier); DDL takes no bind parameters, so values are quoted as literals
+(psycopg.sql.Literal).
 
 Passwords never reach the server in clear: libpq computes the SCRAM-SHA-256 verifier on the client (as psql's
 `\\password` does) and only the verifier is sent, so neither the server's statement log nor

@@ -1,8 +1,8 @@
-"""The read-only analyst role (migration 0006) and `fleet analyst`, on both engines.
+"""The read-only analyst role (migrations 0006 and 0009) and `fleet analyst`, on both engines.
 
 - native (PostgreSQL 15, Apache edition): a real LOGIN role made by `fleet analyst grant-login`, authenticated
-  with its password (SCRAM; a pg_hba line for that role only), reads the rollups and gets "permission denied"
-  for everything else. That is an enforced boundary.
+  with its password (SCRAM; a pg_hba line for that role only), reads the rollups, the mapping and the alerts
+  and gets "permission denied" for everything else. That is an enforced boundary.
 - embedded (PGlite, Community edition): every connection is superuser `postgres`; there are no logins. The
   grants are still real and are checked the only way that engine allows, `SET ROLE fleet_analyst`, which
   shows that they are sufficient for continuous aggregates with real-time aggregation and deny the rest, but
@@ -30,7 +30,8 @@ from tests.conftest import is_community
 from tests.support.builders import INSERT_MAPPING, INSERT_METER, INSERT_VEHICLE
 from tests.support.fleet import refresh_like_policy
 
-ANALYST_RELATIONS = {"meter_readings_1h", "vehicle_readings_1h", "vehicle_energy_1h", "vehicle_meter_mapping"}
+#: What the role may read: the rollups and the mapping (0006), the alerts (0009, for Grafana's alert panels).
+ANALYST_RELATIONS = {"meter_readings_1h", "vehicle_readings_1h", "vehicle_energy_1h", "vehicle_meter_mapping", "alerts"}
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 HOUR = timedelta(hours=1)
 # Three whole hours up to the current one: on Community the first two are materialised, the current hour is
@@ -52,7 +53,9 @@ DENIED = [
     ("DELETE FROM vehicle_meter_mapping", "vehicle_meter_mapping"),
     ("INSERT INTO vehicle_meter_mapping (vehicle_id, meter_id, valid_from) VALUES ('x', 'y', now())",
      "vehicle_meter_mapping"),
-    ("SELECT count(*) FROM alerts", "alerts"),
+    ("UPDATE alerts SET resolved_at = now()", "alerts"),
+    ("DELETE FROM alerts", "alerts"),
+    ("INSERT INTO alerts (kind, device_type, device_id) VALUES ('silent_device', 'meter', 'x')", "alerts"),
     ("SELECT count(*) FROM job_runs", "job_runs"),
     ("UPDATE retention_settings SET drop_after = INTERVAL '1 day'", "retention_settings"),
 ]  # fmt: skip
@@ -60,8 +63,8 @@ DENIED = [
 
 @pytest.fixture
 def analyst_data(clean_db: Engine, engine_kind: str) -> Engine:
-    """Two meters and vehicles over three hours, mapped; on Community the hours before the current one are
-    materialised, the current one is real-time."""
+    """Two meters and vehicles over three hours, mapped, and an open alert; on Community the hours before the
+    current one are materialised, the current one is real-time."""
     meters, vehicles = [], []
     for minute in range(150):  # up to 30 minutes into the current hour
         t = START + timedelta(minutes=minute)
@@ -72,6 +75,10 @@ def analyst_data(clean_db: Engine, engine_kind: str) -> Engine:
         conn.execute(INSERT_METER, meters)
         conn.execute(INSERT_VEHICLE, vehicles)
         conn.execute(INSERT_MAPPING, [{"v": f"an-v{n}", "m": f"an-m{n}", "f": START - HOUR, "t": None} for n in (1, 2)])
+        conn.execute(
+            sa.text("INSERT INTO alerts (kind, device_type, device_id, details) VALUES (:k, :t, :d, '{}')"),
+            {"k": "silent_device", "t": "meter", "d": "an-m2"},
+        )
     if is_community(engine_kind):
         refresh_like_policy(clean_db, NOW_HOUR)
     return clean_db
@@ -115,7 +122,7 @@ def _granted(conn: Connection, schema: str) -> set[tuple[str, str]]:
     return {(r.relname, r.privilege_type) for r in rows}
 
 
-def test_analyst_role_is_a_nologin_group_with_select_on_the_rollups_only(engine, engine_kind):
+def test_analyst_role_is_a_nologin_group_with_select_on_its_relations_only(engine, engine_kind):
     with engine.connect() as conn:
         role = conn.execute(sa.text("SELECT * FROM pg_roles WHERE rolname = :r"), {"r": ANALYST_ROLE}).mappings().one()
         public = _privileges(conn, "public")
@@ -153,7 +160,7 @@ def test_analyst_role_is_a_nologin_group_with_select_on_the_rollups_only(engine,
         assert not materialized and not internal
 
 
-def test_analyst_role_reads_every_rollup_with_the_same_rows_as_the_owner(analyst_data, engine_kind):
+def test_analyst_role_reads_every_relation_with_the_same_rows_as_the_owner(analyst_data, engine_kind):
     with analyst_data.connect() as conn:
         as_owner = {rel: _rows(conn, rel) for rel in sorted(ANALYST_RELATIONS)}
         _as_analyst(conn)

@@ -1,5 +1,6 @@
 """Migration 0006 and the cluster-wide analyst role: idempotent with an existing role, and a downgrade that never
-drops a role another database, a DBA or an analyst login still relies on."""
+drops a role another database, a DBA or an analyst login still relies on. Migration 0009: SELECT on `alerts`,
+revoked on its downgrade."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from db.migrate import downgrade, upgrade
 from db.roles import ANALYST_ROLE
 from tests.conftest import make_test_engine, native_url, proc_of, truncate_all
 
+#: Migration 0006's grants; 0009 adds `alerts`.
 RELATIONS = ("meter_readings_1h", "vehicle_readings_1h", "vehicle_energy_1h", "vehicle_meter_mapping")
 
 
@@ -42,14 +44,14 @@ def _role(eng: Engine) -> dict | None:
     return None if row is None else dict(row._mapping)
 
 
-def _can_select(eng: Engine) -> dict[str, bool]:
+def _can_select(eng: Engine, relations: tuple[str, ...] = RELATIONS) -> dict[str, bool]:
     with eng.connect() as conn:
         return {
             rel: conn.execute(
                 sa.text("SELECT has_table_privilege(CAST(:r AS name), CAST(:rel AS regclass), 'SELECT')"),
                 {"r": ANALYST_ROLE, "rel": rel},
             ).scalar_one()
-            for rel in RELATIONS
+            for rel in relations
         }
 
 
@@ -74,6 +76,18 @@ def test_migration_0006_grants_on_upgrade_and_revokes_on_downgrade(second_databa
 
     upgrade(second_database, "head")  # the role exists again or still: either way the grants are back
     assert _can_select(second_database) == dict.fromkeys(RELATIONS, True)
+
+
+def test_migration_0009_grants_select_on_alerts_and_its_downgrade_revokes_only_that(second_database):
+    upgrade(second_database, "head")
+    assert _can_select(second_database, ("alerts",)) == {"alerts": True}
+
+    downgrade(second_database, "0008")
+    assert _can_select(second_database, ("alerts",)) == {"alerts": False}
+    assert _can_select(second_database) == dict.fromkeys(RELATIONS, True)  # 0006's grants are not 0009's to take
+
+    upgrade(second_database, "head")
+    assert _can_select(second_database, ("alerts",)) == {"alerts": True}
 
 
 def test_migration_0006_keeps_a_role_with_analyst_logins(second_database):

@@ -1,6 +1,7 @@
 """docker/Dockerfile and docker/compose.yaml, checked without Docker (it cannot run on our machines): the image
 runs as a non-root user, installs the tested versions, and every file and `fleet` command the two files name
-exists; the compose stack migrates before the API and the scheduler start."""
+exists; the compose stack migrates before the API, the scheduler and Grafana's login start, and Grafana starts
+once its login exists. Grafana's provisioning files themselves: tests/integration/test_grafana_panels.py."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def assert_fleet_command_exists(argv: list[str]) -> None:
 
 def test_dockerfile_base_image_and_non_root_user():
     instructions = dockerfile_instructions()
-    assert instructions[0] == ("FROM", "python:3.11-slim")
+    # The image is the last stage (earlier ones, if any, only build files it copies).
+    assert [value for name, value in instructions if name == "FROM"][-1] == "python:3.11-slim"
     users = [value for name, value in instructions if name == "USER"]
     assert users, "the image must switch to a non-root user"
     user = users[-1].split(":")[0]
@@ -63,9 +65,13 @@ def test_dockerfile_base_image_and_non_root_user():
 
 def test_dockerfile_copies_only_files_that_exist_and_bakes_in_no_secret():
     instructions = dockerfile_instructions()
+    stages = {value.split()[-1] for name, value in instructions if name == "FROM" and " AS " in value.upper()}
     for name, value in instructions:
         if name == "COPY":
             *sources, _dest = value.split()
+            if sources[0].startswith("--from="):  # from an earlier build stage, not from the repository
+                assert sources[0].removeprefix("--from=") in stages, f"COPY {sources[0]}: no such stage"
+                continue
             for source in sources:
                 assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
         if name in ("ENV", "ARG"):
@@ -116,12 +122,17 @@ def compose() -> dict[str, Any]:
 
 def test_compose_services_start_in_order(compose):
     services = compose["services"]
-    assert set(services) == {"db", "redis", "migrate", "api", "jobs"}
+    assert set(services) == {"db", "redis", "migrate", "api", "jobs", "grafana-login", "grafana"}
     assert services["migrate"]["depends_on"] == {"db": {"condition": "service_healthy"}}
-    for name in ("api", "jobs"):
-        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    completed = {"condition": "service_completed_successfully"}
+    for name in ("api", "jobs", "grafana-login", "grafana"):
+        assert services[name]["depends_on"]["migrate"] == completed
     assert services["api"]["depends_on"]["redis"] == {"condition": "service_healthy"}
-    assert services["migrate"]["restart"] == "no"
+    # Grafana's login is made by a migrated database's `fleet analyst grant-login` (migration 0006's group role),
+    # and Grafana connects as it.
+    assert services["grafana"]["depends_on"]["grafana-login"] == completed
+    for name in ("migrate", "grafana-login"):
+        assert services[name]["restart"] == "no"
     for name in ("db", "redis"):
         assert services[name]["healthcheck"]["test"]
 
@@ -131,6 +142,7 @@ def test_compose_images_are_pinned_and_the_database_is_community(compose):
     db_image = services["db"]["image"]
     assert re.fullmatch(r"timescale/timescaledb:\d+\.\d+\.\d+-pg\d+", db_image), db_image
     assert re.fullmatch(r"redis:\d+\.\d+\.\d+-alpine", services["redis"]["image"])
+    assert re.fullmatch(r"grafana/grafana(-oss)?:\d+\.\d+\.\d+", services["grafana"]["image"])
     assert "pgdata" in compose["volumes"] and "pgdata:/var/lib/postgresql/data" in services["db"]["volumes"]
     initdb = next(v for v in services["db"]["volumes"] if "docker-entrypoint-initdb.d" in v)
     assert (COMPOSE.parent / initdb.split(":")[0]).resolve() == ROOT / "docker" / "initdb"
@@ -142,9 +154,10 @@ def test_compose_fleet_services_use_the_image_and_existing_commands(compose):
         ("migrate", ["fleet", "db", "upgrade"]),
         ("api", ["fleet", "serve"]),
         ("jobs", ["fleet", "jobs", "run"]),
+        ("grafana-login", ["fleet", "analyst", "grant-login", "grafana"]),
     ):
         service = services[name]
-        assert service["command"] == argv
+        assert service["command"][: len(argv)] == argv
         assert_fleet_command_exists(service["command"])
         build = service["build"]
         assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
@@ -155,9 +168,35 @@ def test_compose_fleet_services_use_the_image_and_existing_commands(compose):
     assert services["db"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
 
 
+def test_compose_grafana_login_takes_its_password_from_the_environment(compose):
+    login = compose["services"]["grafana-login"]
+    # `fleet analyst grant-login` reads FLEET_ANALYST_PASSWORD (never an argument: `ps` shows arguments).
+    assert login["environment"]["FLEET_ANALYST_PASSWORD"].startswith("${GRAFANA_DB_PASSWORD:?")
+    assert not any("PASSWORD" in word for word in login["command"])
+    grafana = compose["services"]["grafana"]
+    # The same password, for the data source's $GRAFANA_DB_PASSWORD (expanded by Grafana).
+    assert grafana["environment"]["GRAFANA_DB_PASSWORD"].startswith("${GRAFANA_DB_PASSWORD:?")
+
+
+def test_compose_grafana_is_private_and_reads_its_provisioning_read_only(compose):
+    grafana = compose["services"]["grafana"]
+    env = grafana["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")  # required, no default
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert grafana["ports"] == ["127.0.0.1:3000:3000"]  # published on the host's loopback only
+    mounts = {target: (source, options) for source, target, *options in (v.split(":") for v in grafana["volumes"])}
+    for target, directory in (("/etc/grafana/provisioning", "provisioning"), ("/etc/grafana/dashboards", "dashboards")):
+        source, options = mounts[target]
+        assert options == ["ro"], target
+        assert (COMPOSE.parent / source).resolve() == ROOT / "docker" / "grafana" / directory
+        assert any((ROOT / "docker" / "grafana" / directory).rglob("*.*")), f"nothing to provision in {directory}"
+    assert "grafana-data" in compose["volumes"]
+
+
 def test_compose_text_names_no_secret():
-    # Whatever parses it: the only password is a reference to the environment.
+    # Whatever parses it: the only passwords are references to the environment, required at start.
     text = COMPOSE.read_text()
     for line in text.splitlines():
         if re.search(r"PASSWORD\s*:", line):
-            assert "${POSTGRES_PASSWORD:?" in line, line
+            assert re.search(r"\$\{(POSTGRES|GRAFANA_DB|GRAFANA_ADMIN)_PASSWORD:\?", line), line
