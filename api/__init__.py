@@ -21,6 +21,7 @@ from api import (
     problems,
     read_routing,
     request_bounds,
+    ui,
 )
 from api.problems import ProblemApi
 from config import Settings
@@ -85,6 +86,7 @@ def create_app(
     auth.init_app(app, api, settings, public=(ops.blp, metrics.blp))
     for blp in (ops.blp, ingest.blp, devices.blp, mappings.blp, analytics.blp, alerts.blp):
         api.register_blueprint(blp)
+    ui.init_app(app)  # the operator page (/ui/): HTML over the same service functions, signed in with a read key
     metrics.init_app(app, api, settings)  # request timing, rejections, pool gauges; GET /metrics
     # Shed what queued too long, in WSGI middleware before Flask does any work; never /health, /ready, /metrics.
     # Last: it reads the routes of those blueprints from the URL map.

@@ -96,6 +96,14 @@ def _request_key() -> ApiKey | None:
     return g.fleet_key_lookup
 
 
+def find_key(plaintext: str) -> ApiKey | None:
+    """The active key with this plaintext, through the key cache (the operator page's sign-in), or None."""
+    if not plaintext:
+        return None
+    cache: KeyCache = current_app.extensions[_CACHE_EXT]
+    return cache.lookup(plaintext)
+
+
 def require_role(*roles: str) -> Callable[[F], F]:
     """Decorator for view methods: the request needs an active key with one of `roles` (or admin)."""
     unknown = set(roles) - set(API_KEY_ROLES)

@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | ingest | POST /v1/telemetry/ingest (and every API key lookup) | FLEET_INGEST_*_TIMEOUT_MS |
 | status | device status and listings, /ready, /metrics | FLEET_STATUS_*_TIMEOUT_MS |
-| analytics | analytics, alerts | FLEET_ANALYTICS_*_TIMEOUT_MS |
+| analytics | analytics, alerts, the operator page (/ui/) | FLEET_ANALYTICS_*_TIMEOUT_MS |
 | admin | mappings | FLEET_ADMIN_*_TIMEOUT_MS |
 
 Ingest's bounds are the connections' own defaults (no round trip to set them); another class's are set in its
@@ -28,6 +28,7 @@ CLASS_OF_BLUEPRINT = {
     "metrics": "status",
     "analytics": "analytics",
     "alerts": "analytics",
+    "ui": "analytics",
     "mappings": "admin",
 }
 

@@ -348,6 +348,12 @@ class Settings:
         """Seconds an API key lookup is cached in each API process (every ingest request needs one). A revoked
         key keeps working for up to this long in a process that saw it recently; 0 looks every request up.""",
     )
+    ui_session_hours: int = setting(
+        "FLEET_UI_SESSION_HOURS",
+        _hours,
+        12,
+        """Hours a sign-in to the operator page (/ui/) lasts; revoking its key ends it sooner (at the next page).""",
+    )
     rate_limit: str | None = setting(
         "FLEET_RATE_LIMIT",
         _rate_limit,

@@ -17,6 +17,7 @@ metadata = sa.MetaData(
         "uq": "%(table_name)s_%(column_0_N_name)s_key",
         "ck": "%(table_name)s_%(constraint_name)s_check",
         "pk": "%(table_name)s_pkey",
+        "fk": "%(table_name)s_%(column_0_name)s_fkey",
     }
 )
 
@@ -269,4 +270,21 @@ timescaledb_job_takeovers = sa.Table(
     sa.Column("taken_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.PrimaryKeyConstraint("job_id"),
     sa.CheckConstraint(f"reason IN {TAKEOVER_REASONS!r}", name="reason"),
+)
+
+
+# Sign-in sessions of the operator page (migration 0010; db/ui_sessions.py): the hash of the cookie's token, the
+# API key signed in with, the session's CSRF token, and when it ends.
+ui_sessions = sa.Table(
+    "ui_sessions",
+    metadata,
+    sa.Column("token_hash", sa.Text, nullable=False),
+    sa.Column("key_id", sa.BigInteger, sa.ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("csrf_token", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint("token_hash"),
+    sa.CheckConstraint("expires_at > created_at", name="lifetime"),
+    sa.Index("ui_sessions_expires_at_idx", "expires_at"),
+    sa.Index("ui_sessions_key_id_idx", "key_id"),
 )

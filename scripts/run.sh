@@ -113,6 +113,7 @@ sim_pid=$!
 cat <<TXT
 
 Fleet telemetry platform is running on $url with a simulated demo fleet
+  operator page: $url/ui/       (sign in with the read key below)
   API docs:    $url/docs            (OpenAPI: $url/openapi.json)
   health:      $url/health          readiness: $url/ready          metrics: $url/metrics
   with the read key below in an X-API-Key header:

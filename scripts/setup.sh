@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the platform needs to run from this checkout: Node.js (for the embedded engine), a Python
-# virtual environment in .venv with the project installed (editable), and the pinned PGlite build.
+# virtual environment in .venv with the project installed (editable), the pinned PGlite build, and the operator
+# page's pinned browser library (Chart.js).
 # Idempotent: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,4 +39,12 @@ installed=db/embedded/node_modules/.package-lock.json
 if [ ! -f "$installed" ] || [ "$lock" -nt "$installed" ]; then
   echo "setup: installing the embedded engine (npm ci)"
   npm ci --prefix db/embedded --no-audit --no-fund --loglevel=error
+fi
+
+# Chart.js for the operator page (/ui/), served by the app itself: pinned in api/ui/package-lock.json.
+lock=api/ui/package-lock.json
+installed=api/ui/node_modules/.package-lock.json
+if [ ! -f "$installed" ] || [ "$lock" -nt "$installed" ]; then
+  echo "setup: installing the operator page's browser libraries (npm ci)"
+  npm ci --prefix api/ui --no-audit --no-fund --loglevel=error
 fi

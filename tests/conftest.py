@@ -68,6 +68,7 @@ PLATFORM_TABLES = (
     "vehicles_current",
     "vehicle_meter_mapping",
     "api_keys",
+    "ui_sessions",
     "alerts",
     "job_runs",
     "vehicle_correlation_1h",
