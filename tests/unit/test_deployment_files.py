@@ -200,3 +200,23 @@ def test_compose_text_names_no_secret():
     for line in text.splitlines():
         if re.search(r"PASSWORD\s*:", line):
             assert re.search(r"\$\{(POSTGRES|GRAFANA_DB|GRAFANA_ADMIN)_PASSWORD:\?", line), line
+
+
+def test_the_image_gets_every_package_of_the_project():
+    """Each top-level package pyproject installs is copied into the image and not excluded from its build context
+    (cli/ and config/ were once missing from both: `fleet` could not start in the image)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    copied = {
+        source.rstrip("/")
+        for name, value in dockerfile_instructions()
+        if name == "COPY" and not value.startswith("--from")
+        for source in value.split()[:-1]
+    }
+    ignore = (ROOT / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "**" in ignore, "the build context must start from nothing and name what it takes"
+    allowed = {line.removeprefix("!").rstrip("/") for line in ignore if line.startswith("!")}
+    for package in packages:
+        assert (ROOT / package / "__init__.py").is_file(), package
+        assert package in copied, f"docker/Dockerfile does not COPY {package}/"
+        assert package in allowed, f"docker/Dockerfile.dockerignore leaves {package}/ out of the build context"
