@@ -201,7 +201,7 @@ def app(replication: Replication) -> Iterator[Flask]:
         resume_replay(replication)
     with replication.primary.begin() as conn:
         conn.execute(sa.text("TRUNCATE meter_readings, vehicle_readings, meters_current, vehicles_current,"
-                             " vehicle_meter_mapping, api_keys, alerts"))  # fmt: skip
+                             " vehicle_meter_mapping, ui_sessions, api_keys, alerts"))  # fmt: skip
     wait_for_replay(replication)
 
 
@@ -439,7 +439,7 @@ def test_replica_stopped_mid_run_reads_fall_back_and_ingest_goes_on(replication,
             for r in conn.execute(sa.text("SELECT recorded_at FROM meter_readings WHERE meter_id = 'lost-m'")).scalars()
         ]
     with replication.primary.begin() as conn:
-        conn.execute(sa.text("TRUNCATE meter_readings, meters_current, api_keys"))
+        conn.execute(sa.text("TRUNCATE meter_readings, meters_current, ui_sessions, api_keys"))
     acknowledged = [at for exchange, at in traffic.writes if exchange.status == 200]
     down = [r for r in traffic.reads if stopped_at + FALLBACK_BOUND_S <= r.started < restarted_at]
     longest = max(e.latency for e in [*traffic.reads, *(w for w, _ in traffic.writes)])
@@ -505,5 +505,5 @@ def test_lagging_replica_is_not_read_until_it_catches_up(replication):
         if _scalar(replication.standby, "SELECT pg_get_wal_replay_pause_state()") != "not paused":
             resume_replay(replication)
         with replication.primary.begin() as conn:
-            conn.execute(sa.text("TRUNCATE meter_readings, meters_current, api_keys"))
+            conn.execute(sa.text("TRUNCATE meter_readings, meters_current, ui_sessions, api_keys"))
         wait_for_replay(replication)

@@ -176,7 +176,9 @@ def cluster_db(cluster: Cluster) -> Iterator[Cluster]:
 
 def _truncate(eng: Engine) -> None:
     with eng.begin() as conn:
-        conn.execute(sa.text("TRUNCATE meter_readings, vehicle_readings, meters_current, vehicles_current, api_keys"))
+        # ui_sessions references api_keys, so TRUNCATE takes both at once.
+        tables = "meter_readings, vehicle_readings, meters_current, vehicles_current, ui_sessions, api_keys"
+        conn.execute(sa.text(f"TRUNCATE {tables}"))
 
 
 @pytest.fixture(scope="module")
