@@ -14,10 +14,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" -eq 0 ]; then
-  bash scripts/provision-native.sh
-else
-  sudo bash scripts/provision-native.sh
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+as_root bash scripts/provision-native.sh
+if [ ! -x /usr/bin/wrk ]; then # the load generator that is not Python, beside locust
+  echo "bench: installing wrk"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null
 fi
 bash scripts/setup.sh
 
