@@ -14,13 +14,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-
+source scripts/lib.sh
 as_root bash scripts/provision-native.sh
 if [ ! -x /usr/bin/wrk ]; then # the load generator that is not Python, beside locust
   echo "bench: installing wrk"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null
+  apt_install wrk
 fi
 bash scripts/setup.sh
 

@@ -8,15 +8,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+source scripts/lib.sh
 
 as_root bash scripts/provision-native.sh
 # The operator page's browser tests (tests/browser/) drive Debian's Chromium through Playwright: the browser
 # comes from apt, never from a Playwright download.
 if [ ! -x /usr/bin/chromium ]; then
   echo "test.sh: installing Chromium for the browser tests"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  apt_install chromium chromium-driver
 fi
 bash scripts/setup.sh
 

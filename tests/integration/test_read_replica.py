@@ -35,7 +35,15 @@ from api import create_app
 from config import Settings
 from db import keys
 from db.migrate import upgrade
-from tests.conftest import PG_BIN, PG_LIB, TIMESCALEDB_OPTIONS, cluster_dir, make_test_engine, selected_engines
+from tests.conftest import (
+    PG_BIN,
+    PG_LIB,
+    TIMESCALEDB_OPTIONS,
+    cluster_dir,
+    make_test_engine,
+    selected_engines,
+    truncate_all,
+)
 from tests.integration.gunicorn_server import gunicorn, http
 from tests.support.api import new_key
 from tests.support.builders import meter_reading, vehicle_reading
@@ -199,9 +207,7 @@ def app(replication: Replication) -> Iterator[Flask]:
     # Leave the standby replaying and the database empty for the next test.
     if _scalar(replication.standby, "SELECT pg_get_wal_replay_pause_state()") != "not paused":
         resume_replay(replication)
-    with replication.primary.begin() as conn:
-        conn.execute(sa.text("TRUNCATE meter_readings, vehicle_readings, meters_current, vehicles_current,"
-                             " vehicle_meter_mapping, ui_sessions, api_keys, alerts"))  # fmt: skip
+    truncate_all(replication.primary)
     wait_for_replay(replication)
 
 
@@ -438,8 +444,7 @@ def test_replica_stopped_mid_run_reads_fall_back_and_ingest_goes_on(replication,
             r.astimezone(UTC).isoformat()
             for r in conn.execute(sa.text("SELECT recorded_at FROM meter_readings WHERE meter_id = 'lost-m'")).scalars()
         ]
-    with replication.primary.begin() as conn:
-        conn.execute(sa.text("TRUNCATE meter_readings, meters_current, ui_sessions, api_keys"))
+    truncate_all(replication.primary)
     acknowledged = [at for exchange, at in traffic.writes if exchange.status == 200]
     down = [r for r in traffic.reads if stopped_at + FALLBACK_BOUND_S <= r.started < restarted_at]
     longest = max(e.latency for e in [*traffic.reads, *(w for w, _ in traffic.writes)])
@@ -504,6 +509,5 @@ def test_lagging_replica_is_not_read_until_it_catches_up(replication):
         app.extensions["fleet.db_read"].dispose()
         if _scalar(replication.standby, "SELECT pg_get_wal_replay_pause_state()") != "not paused":
             resume_replay(replication)
-        with replication.primary.begin() as conn:
-            conn.execute(sa.text("TRUNCATE meter_readings, meters_current, ui_sessions, api_keys"))
+        truncate_all(replication.primary)
         wait_for_replay(replication)

@@ -75,7 +75,7 @@ from sqlalchemy.engine import Engine
 import db
 from db import keys
 from db.migrate import upgrade
-from tests.conftest import cluster_dir, native_executor
+from tests.conftest import cluster_dir, native_executor, truncate_all
 from tests.integration.gunicorn_server import Server, gunicorn, http, parent_pid
 from tests.support.api import device_key
 
@@ -165,20 +165,13 @@ def cluster(engine_kind: str) -> Iterator[Cluster]:
 
 @pytest.fixture
 def cluster_db(cluster: Cluster) -> Iterator[Cluster]:
-    """The cluster, running, with empty readings and key tables before and after the test."""
+    """The cluster, running, with the platform's tables empty before and after the test."""
     cluster.ensure_running()
-    _truncate(cluster.engine)
+    truncate_all(cluster.engine)
     yield cluster
     cluster.ensure_running()
     cluster.engine.dispose()  # its pooled connection may have died with the outage
-    _truncate(cluster.engine)
-
-
-def _truncate(eng: Engine) -> None:
-    with eng.begin() as conn:
-        # ui_sessions references api_keys, so TRUNCATE takes both at once.
-        tables = "meter_readings, vehicle_readings, meters_current, vehicles_current, ui_sessions, api_keys"
-        conn.execute(sa.text(f"TRUNCATE {tables}"))
+    truncate_all(cluster.engine)
 
 
 @pytest.fixture(scope="module")

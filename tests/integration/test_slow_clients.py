@@ -209,7 +209,7 @@ def test_a_reader_that_does_not_read_is_disconnected_and_holds_no_thread(server:
             disconnected = True
     stored = _stored(clean_db)
     print(
-        f"\n[slow reader] the server gave up after {gave_up_after} s, having sent {received} bytes more;"
+        f"\n[slow reader] the server gave up after {gave_up_after} s; the reader then took {received} bytes;"
         f" disconnected: {disconnected};"
         f" device sent={len(device.sent)} acknowledged={len(device.acknowledged)} stored={len(stored)},"
         f" longest={max(device.latencies) * 1000:.0f} ms"
